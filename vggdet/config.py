@@ -1,0 +1,359 @@
+"""Plain-Python configs: dataclass defaults here, a few changed keys in `configs/*.py`.
+
+A config file is ordinary Python that assigns dicts named after the sections, e.g.::
+
+    model = dict(num_classes=20, backbone=dict(weights="IMAGENET1K_V1"))
+    train = dict(epochs=14, lr_steps=[10])
+
+`load_config(path, overrides=["train.lr=0.002"])` starts from `Config()`, applies the file, then the
+overrides, and checks every key and type. Errors are one-line `ConfigError`s naming the key and the file.
+There is one base level (the defaults below) and no registries: every value is data, and
+`build_detector` / `build_dataloader` are the only places that turn it into objects.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import os
+import runpy
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message is one line naming the key and the file."""
+
+
+# ----------------------------------------------------------------------------------------------- model
+@dataclass
+class BackboneConfig:
+    width: float = 1.0  # channel multiplier on VGG16's 64..512 (tiny test models use 1/8)
+    freeze_at: int = 2  # freeze conv blocks 1..freeze_at (2 = conv1+conv2, the papers' recipe); 0 = none
+    # torchvision-format VGG16 state_dict path, or "IMAGENET1K_V1" (torchvision weights API, needs network).
+    weights: Optional[str] = None
+    caffe_input: bool = False  # BGR, 0..255, minus caffe pixel means (for caffe-converted weights)
+    batch_norm: bool = False  # torchvision's vgg16_bn layout (features[:43]); helps training from scratch
+
+
+@dataclass
+class RPNConfig:
+    conv_channels: int = 512  # the 3x3 conv; 0 = same as the backbone's output channels
+    anchor_scales: list = field(default_factory=lambda: [8, 16, 32])
+    anchor_ratios: list = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    allowed_border: float = 0.0  # anchors crossing the border by more than this are ignored in training
+    pre_nms_top_n_train: int = 12000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 6000
+    post_nms_top_n_test: int = 300
+    nms_thresh: float = 0.7
+    min_size: float = 16.0  # in original-image pixels, as in py-faster-rcnn (scaled by the resize factor)
+    sigma: float = 3.0  # smooth-L1 sigma (beta = 1 / sigma^2)
+
+
+@dataclass
+class RoIHeadConfig:
+    pool: Literal["pool", "align"] = "pool"  # torchvision.ops.roi_pool or roi_align
+    pool_size: int = 7
+    sampling_ratio: int = 2  # roi_align only
+    fc_dim: int = 4096  # fc6 / fc7 width
+    fc6_rank: Optional[int] = None  # truncated-SVD ranks (tools/compress_svd.py writes these)
+    fc7_rank: Optional[int] = None
+    dropout: float = 0.5
+    batch_size_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_hi: float = 0.5
+    bg_iou_lo: float = 0.0  # 0.1 in the original Fast R-CNN
+    bbox_stds: list = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
+    sigma: float = 1.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_img: int = 100
+
+
+@dataclass
+class InputConfig:
+    min_size: Union[int, list] = 600  # shorter side; a list = random choice per batch in training
+    max_size: int = 1000
+    size_divisible: int = 16
+    test_min_size: Optional[int] = None  # None = max(min_size)
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 20  # K foreground classes; label 0 is background
+    proposals: Literal["rpn", "external"] = "rpn"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    photometric: bool = False  # brightness/contrast + hue/saturation jitter
+    random_crop: bool = False  # crop that keeps every box (albumentations BBoxSafeRandomCrop)
+    scale_jitter: Optional[list] = None  # e.g. [0.8, 1.2]: random rescale before the model's resize
+    min_visibility: float = 0.3
+
+
+@dataclass
+class DataConfig:
+    format: Literal["voc", "coco", "shapes"] = "voc"
+    root: str = "data/VOCdevkit"
+    # VOC: lists of [subfolder, split] under root; concatenated (VOC07+12 trainval).
+    train_sets: list = field(default_factory=lambda: [["VOC2007", "trainval"]])
+    test_sets: list = field(default_factory=lambda: [["VOC2007", "test"]])
+    # COCO: image folders and annotation files, relative to root.
+    train_images: str = "train2017"
+    train_ann: str = "annotations/instances_train2017.json"
+    test_images: str = "val2017"
+    test_ann: str = "annotations/instances_val2017.json"
+    coco_skip_empty: bool = True  # training only: skip images without usable boxes
+    # Shapes: generated into root on first use.
+    shapes_num_train: int = 400
+    shapes_num_test: int = 100
+    shapes_size: int = 256
+    shapes_seed: int = 0
+    classes: Optional[Union[list, str]] = None  # None = the 20 VOC classes; a list; or "auto" (VOC)
+    use_difficult: bool = False
+    skip_bad_images: bool = False
+    skip_unknown_classes: bool = False
+    proposals_file: Optional[str] = None  # external proposals (.pkl/.npz/.json), model.proposals="external"
+    proposals_test_file: Optional[str] = None
+    proposals_top_n: int = 2000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 1  # images per process
+    num_workers: int = 2
+    pin_memory: bool = True
+    aspect_grouping: bool = True
+
+
+# ----------------------------------------------------------------------------------------- train, test
+@dataclass
+class TrainConfig:
+    epochs: int = 14  # VOC07 trainval: 70k iterations at batch 1 ~ 14 epochs
+    lr: float = 0.001  # per image (batch 1); scaled linearly by the total batch
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    lr_steps: list = field(default_factory=lambda: [10])  # epochs after which lr *= gamma (50k / 70k)
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    clip_grad: Optional[float] = None  # max gradient L2 norm
+    bias_lr_factor: float = 1.0  # the original Caffe recipe: 2.0
+    bias_decay: bool = True  # the original Caffe recipe: False
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    amp: bool = False
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    channels_last: bool = False
+    seed: int = 0
+    device: str = "auto"
+    log_interval: int = 20
+    eval_interval: int = 1  # epochs; 0 = only at the end
+    checkpoint_interval: int = 1  # epochs
+    keep_last: int = 3
+    max_iters: Optional[int] = None  # stop early after this many iterations (smoke tests)
+
+
+@dataclass
+class TestConfig:
+    metric: Literal["voc07", "voc10", "coco"] = "voc07"
+    iou_thresh: float = 0.5
+    batch_size: int = 1
+    score_thresh: Optional[float] = None  # None = model.roi_head.score_thresh
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    name: str = "vggdet"  # work_dirs/<name> by default; load_config sets it to the file's stem
+    source: Optional[str] = None  # the file this config came from
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> Config:
+        cfg = cls()
+        _merge(cfg, d, prefix="", source=source)
+        return cfg
+
+    def dump(self, fmt: Literal["py", "json"] = "py") -> str:
+        """The resolved config as a loadable Python config file or as JSON text."""
+        d = self.to_dict()
+        if fmt == "json":
+            return json.dumps(d, indent=2)
+        lines = [f"# resolved vggdet config (from {self.source})"]
+        for k, v in d.items():
+            lines.append(f"{k} = {v!r}")
+        return "\n".join(lines) + "\n"
+
+    def get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+# --------------------------------------------------------------------------------------------- loading
+def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> Config:
+    """Defaults <- config file <- `key=value` overrides, all validated."""
+    cfg = Config()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            ns = runpy.run_path(path)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{path}: cannot execute config file: {type(e).__name__}: {e}") from e
+        sections = {k: v for k, v in ns.items() if not k.startswith("_") and not _is_import(v)}
+        _merge(cfg, sections, prefix="", source=path)
+        if "name" not in sections:
+            cfg.name = os.path.splitext(os.path.basename(path))[0]
+        cfg.source = path
+    for key, value in parse_overrides(overrides or []).items():
+        set_key(cfg, key, value, source="--set")
+    return cfg
+
+
+def parse_overrides(items: list) -> dict:
+    """["a.b=1", "c=[1, 2]", "d=null"] -> {"a.b": 1, "c": [1, 2], "d": None}; bare words stay strings."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        out[key.strip()] = _parse_value(text.strip())
+    return out
+
+
+def set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        obj = _child(obj, part, ".".join(parts[: i + 1]), source)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+    _assign(obj, parts[-1], value, dotted, source)
+
+
+def _parse_value(text: str) -> Any:
+    if text in ("null", "None", "none"):
+        return None
+    if text in ("true", "True"):
+        return True
+    if text in ("false", "False"):
+        return False
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: a string such as `align` or a path
+
+
+def _is_import(v: Any) -> bool:
+    return isinstance(v, type(os)) or callable(v)
+
+
+def _child(obj: Any, name: str, dotted: str, source: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(name, names, dotted)}")
+    return getattr(obj, name)
+
+
+def _suggest(name: str, names: list, dotted: str) -> str:
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    if not close:
+        return ""
+    prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+    return f" (did you mean '{prefix}{close[0]}'?)"
+
+
+def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a dict of keys, got {type(values).__name__}")
+    for name, value in values.items():
+        dotted = prefix + name
+        child = _child(obj, name, dotted, source)
+        if dataclasses.is_dataclass(child) and isinstance(value, dict):
+            _merge(child, value, dotted + ".", source)
+        else:
+            _assign(obj, name, value, dotted, source)
+
+
+def _assign(obj: Any, name: str, value: Any, dotted: str, source: str) -> None:
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(name, names, dotted)}")
+    current = getattr(obj, name)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{dotted}' is a section; give a dict, got {value!r}")
+        _merge(current, value, dotted + ".", source)
+        return
+    hint = typing.get_type_hints(type(obj))[name]
+    setattr(obj, name, _check(value, hint, dotted, source))
+
+
+def _check(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    """Return `value` (ints widened to float, tuples to lists) or raise a ConfigError."""
+    ok, value = _coerce(value, hint)
+    if not ok:
+        raise ConfigError(f"{source}: '{dotted}' expects {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _coerce(value: Any, hint: Any) -> tuple:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        for arg in args:
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is Literal:
+        return value in args, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is list or origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        return isinstance(value, list), value
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
