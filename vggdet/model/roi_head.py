@@ -1,0 +1,134 @@
+"""Fast R-CNN head: sample RoIs, RoIPool 7x7 at 1/16, fc6-fc7, class scores and per-class boxes.
+
+Shapes: N images, R RoIs in the batch, K foreground classes (label 0 = background), C channels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, roi_align, roi_pool
+
+from vggdet.model.boxes import BoxCoder, match, sample_balanced, smooth_l1
+
+
+def linear(in_dim: int, out_dim: int, rank: Optional[int]) -> nn.Module:
+    """nn.Linear, or two low-rank factors (truncated SVD, Fast R-CNN §3.1) when `rank` is set."""
+    if rank is None:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, rank, bias=False), nn.Linear(rank, out_dim))
+
+
+class RoIHead(nn.Module):
+    def __init__(self, *, in_channels: int, num_classes: int, pool: str, pool_size: int, spatial_scale: float,
+                 sampling_ratio: int, fc_dim: int, fc6_rank: Optional[int], fc7_rank: Optional[int],
+                 dropout: float, batch_size_per_image: int, fg_fraction: float, fg_iou: float,
+                 bg_iou_hi: float, bg_iou_lo: float, bbox_stds: tuple, sigma: float, score_thresh: float,
+                 nms_thresh: float, detections_per_img: int):
+        super().__init__()
+        self.pool, self.pool_size, self.spatial_scale = pool, pool_size, spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.fc6 = linear(in_channels * pool_size * pool_size, fc_dim, fc6_rank)
+        self.fc7 = linear(fc_dim, fc_dim, fc7_rank)
+        self.dropout = nn.Dropout(dropout)
+        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4 * (num_classes + 1))
+        nn.init.normal_(self.cls_score.weight, std=0.01)  # the original's initialisation
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        self.num_classes = num_classes
+        self.coder = BoxCoder(bbox_stds)
+        self.batch_size_per_image, self.fg_fraction = batch_size_per_image, fg_fraction
+        self.fg_iou, self.bg_iou_hi, self.bg_iou_lo = fg_iou, bg_iou_hi, bg_iou_lo
+        self.sigma = sigma
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+
+    def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                targets: Optional[list[dict]] = None) -> tuple[Optional[list[dict]], dict]:
+        """Training: returns (None, {loss_cls, loss_box}). Eval: (detections per image, {})."""
+        if self.training:
+            if targets is None:
+                raise ValueError("RoI head in training mode needs targets")
+            proposals, labels, box_targets = self.sample(proposals, targets)
+        scores, deltas = self.predict(features, proposals)
+        if self.training:
+            return None, self.losses(scores, deltas, labels, box_targets)
+        return self.postprocess(scores, deltas, proposals, image_sizes), {}
+
+    @torch.no_grad()
+    def sample(self, proposals: list[Tensor], targets: list[dict]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Per image: add the GT boxes to the proposals, label by IoU, sample <= 128 with <= 25 % fg.
+
+        Returns (sampled RoIs per image, labels [R] in 0..K, box targets [R,4] (zeros for bg)).
+        """
+        rois, labels, box_targets = [], [], []
+        for props, tgt in zip(proposals, targets):
+            gt, gt_labels = tgt["boxes"], tgt["labels"]
+            props = torch.cat([props, gt.to(props.dtype)])
+            fgbg, idx = match(props, gt, self.fg_iou, self.bg_iou_hi, self.bg_iou_lo)
+            fg, bg = sample_balanced(fgbg, self.batch_size_per_image, self.fg_fraction)
+            keep = torch.cat([fg, bg])
+            lab = torch.zeros(keep.numel(), dtype=torch.int64, device=props.device)
+            t = torch.zeros(keep.numel(), 4, dtype=props.dtype, device=props.device)
+            if fg.numel():
+                lab[: fg.numel()] = gt_labels[idx[fg]]
+                t[: fg.numel()] = self.coder.encode(gt[idx[fg]].to(props.dtype), props[fg])
+            rois.append(props[keep])
+            labels.append(lab)
+            box_targets.append(t)
+        return rois, torch.cat(labels), torch.cat(box_targets)
+
+    def predict(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """RoI features -> (class logits [R,K+1], box deltas [R,4(K+1)])."""
+        rois = [r.to(features.dtype) for r in rois]
+        if self.pool == "align":
+            x = roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio, aligned=True)
+        else:
+            x = roi_pool(features, rois, self.pool_size, self.spatial_scale)
+        x = x.flatten(1)
+        x = self.dropout(F.relu(self.fc6(x)))
+        x = self.dropout(F.relu(self.fc7(x)))
+        return self.cls_score(x), self.bbox_pred(x)
+
+    def losses(self, scores: Tensor, deltas: Tensor, labels: Tensor, box_targets: Tensor) -> dict:
+        num = max(labels.numel(), 1)
+        if labels.numel() == 0:  # nothing sampled (no GT and bg_lo > 0): zero losses that keep the graph
+            zero = scores.sum() * 0 + deltas.sum() * 0
+            return {"loss_cls": zero, "loss_box": zero}
+        loss_cls = F.cross_entropy(scores.float(), labels)
+        fg = torch.nonzero(labels > 0).squeeze(1)
+        d = deltas.float().view(deltas.shape[0], -1, 4)[fg, labels[fg]]  # the GT class's box only
+        loss_box = smooth_l1(d, box_targets[fg].float(), self.sigma) / num
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    @torch.no_grad()
+    def postprocess(self, scores: Tensor, deltas: Tensor, rois: list[Tensor],
+                    image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Softmax, per-class boxes, clip, score > thresh, per-class NMS, top `detections_per_img`.
+
+        Vectorised over the batch: one decode and one batched_nms keyed by (image, class).
+        """
+        k1 = self.num_classes + 1
+        counts = [r.shape[0] for r in rois]
+        img = torch.repeat_interleave(torch.arange(len(rois), device=scores.device),
+                                      torch.tensor(counts, device=scores.device))
+        probs = F.softmax(scores.float(), dim=1)[:, 1:]  # [R,K]
+        boxes = self.coder.decode(deltas.float(), torch.cat(rois).float()).view(-1, k1, 4)[:, 1:]
+        size = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), size[img][:, None, :])
+        labels = torch.arange(1, k1, device=boxes.device).expand_as(probs)
+        img = img[:, None].expand_as(probs)
+        keep = probs > self.score_thresh
+        boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (wh > 1e-2).all(dim=1)
+        boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
+        kept = batched_nms(boxes, probs, img * k1 + labels, self.nms_thresh)  # descending score
+        out = []
+        for i in range(len(rois)):
+            k = kept[img[kept] == i][: self.detections_per_img]
+            out.append({"boxes": boxes[k], "labels": labels[k], "scores": probs[k]})
+        return out
