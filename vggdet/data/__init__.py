@@ -1,0 +1,13 @@
+"""Detection data: VOC / COCO / generated shapes datasets, augmentation and loaders."""
+from .base import ConcatDetection, DetectionDataset
+from .coco import COCODetection
+from .errors import DataError
+from .loader import build_dataloader, build_dataset
+from .proposals import load_proposals
+from .shapes import SHAPES_CLASSES, make_shapes
+from .voc import VOC_CLASSES, VOCDetection
+
+__all__ = [
+    "DataError", "VOCDetection", "VOC_CLASSES", "COCODetection", "ConcatDetection", "DetectionDataset",
+    "build_dataset", "build_dataloader", "load_proposals", "make_shapes", "SHAPES_CLASSES",
+]

@@ -1,0 +1,179 @@
+"""What VOC and COCO datasets share: cached annotations, box sanitising, samples, proposals.
+
+A subclass parses every annotation once in `__init__` into `records` (one dict per image) and sets
+`classes`, `image_ids` and `image_paths`. Record boxes are float32 [N, 4] xyxy, 0-based continuous pixels,
+NOT yet clipped; `size` is the annotated (h, w) or None when the file does not say.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .errors import DataError, warn_once
+from .image_io import read_image, read_image_size
+
+__all__ = ["DetectionDataset", "ConcatDetection", "sanitize"]
+
+MIN_BOX_SIZE = 1.0  # boxes narrower or lower than this (pixels, after clipping) are degenerate
+
+
+def sanitize(record: dict, size: tuple) -> dict:
+    """Clip the record's boxes to `size` (h, w) and drop degenerate ones; the full-GT annotation dict."""
+    h, w = size
+    boxes = record["boxes"].copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    keep = degenerate_free(boxes) & record.get("valid", np.ones(len(boxes), dtype=bool))
+    return {
+        "boxes": boxes[keep],
+        "labels": record["labels"][keep],
+        "difficult": record["difficult"][keep],
+        "iscrowd": record["iscrowd"][keep],
+        "image_id": record["image_id"],
+        "orig_size": (int(h), int(w)),
+    }
+
+
+def degenerate_free(boxes: np.ndarray) -> np.ndarray:
+    return ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
+
+
+class DetectionDataset(Dataset):
+    """`img, target = ds[i]`: img uint8 [H, W, 3] RGB; target as documented in `__getitem__`."""
+
+    classes: list
+    image_ids: list
+    image_paths: list
+    records: list
+
+    def __init__(
+        self,
+        *,
+        use_difficult: bool = False,
+        skip_bad_images: bool = False,
+        transform: Optional[Callable] = None,
+        proposals: Optional[dict] = None,
+    ) -> None:
+        self.use_difficult = use_difficult
+        self.skip_bad_images = skip_bad_images
+        self.transform = transform
+        self.proposals = proposals
+        self._annotations: dict = {}
+        self._bad: set = set()
+
+    def _finish_init(self, source: str) -> None:
+        """Fill missing sizes from image headers, warn once about degenerate boxes, check proposals."""
+        dropped = 0
+        for i, rec in enumerate(self.records):
+            if rec["size"] is None:
+                rec["size"] = read_image_size(self.image_paths[i])
+            ann = self.get_annotation(i)
+            dropped += len(rec["boxes"]) - len(ann["boxes"])
+        if dropped:
+            warnings.warn(f"{source}: dropped {dropped} degenerate box(es) (zero area as annotated, or < {MIN_BOX_SIZE:g} px after clipping)",
+                          stacklevel=3)
+        if self.proposals is not None:
+            missing = [i for i in self.image_ids if str(i) not in self.proposals]
+            if missing:
+                raise DataError(f"{source}: {len(missing)} image id(s) missing from the proposals file, "
+                                f"e.g. {missing[0]!r}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_size(self, i: int) -> tuple:
+        """(h, w) of image i as annotated (or from its header), without decoding it."""
+        return self.records[i]["size"]
+
+    def get_annotation(self, i: int) -> dict:
+        """Full ground truth of image i (difficult and crowd included), clipped, degenerate boxes dropped."""
+        if i not in self._annotations:
+            self._annotations[i] = sanitize(self.records[i], self.records[i]["size"])
+        return self._annotations[i]
+
+    def __getitem__(self, i: int) -> tuple:
+        """img uint8 [H, W, 3] RGB; target: boxes float32 [N, 4] xyxy 0-based, labels int64 [N] in 1..K,
+        difficult / iscrowd bool [N], image_id, orig_size (h, w), index, and proposals float32 [M, 4]
+        when configured. Difficult (unless use_difficult) and crowd boxes are not training targets.
+
+        With skip_bad_images an unreadable image is warned about once and the next readable one is
+        returned instead (its `index` says which).
+        """
+        for step in range(len(self)):
+            j = (i + step) % len(self)
+            if j in self._bad:
+                continue
+            try:
+                img = read_image(self.image_paths[j])
+            except DataError as e:
+                if not self.skip_bad_images:
+                    raise
+                self._bad.add(j)
+                warn_once(self.image_paths[j] + ":bad", f"{e}; skipped (skip_bad_images=True)")
+                continue
+            return self._sample(j, img)
+        raise DataError(f"no readable image left in the dataset (first: {self.image_paths[i]})")
+
+    def _sample(self, i: int, img: np.ndarray) -> tuple:
+        ann = self.get_annotation(i)
+        real = img.shape[:2]
+        if tuple(real) != tuple(ann["orig_size"]):
+            warn_once(self.image_paths[i] + ":size", f"{self.image_paths[i]}: annotated size (h, w) = "
+                      f"{ann['orig_size']} but the image is {real}; trusting the image")
+            ann = sanitize(self.records[i], real)
+        keep = ~ann["iscrowd"] if self.use_difficult else ~(ann["iscrowd"] | ann["difficult"])
+        target = {k: ann[k][keep] for k in ("boxes", "labels", "difficult", "iscrowd")}
+        target.update(image_id=ann["image_id"], orig_size=ann["orig_size"], index=i)
+        if self.proposals is not None:
+            target["proposals"] = clip_proposals(self.proposals[str(ann["image_id"])], real)
+        if self.transform is not None:
+            img, target = self.transform(img, target)
+        return img, target
+
+
+def clip_proposals(boxes: np.ndarray, size: tuple) -> np.ndarray:
+    h, w = size
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out
+
+
+class ConcatDetection(Dataset):
+    """Several detection datasets with the same classes, one after another (VOC07+12 trainval)."""
+
+    def __init__(self, datasets: list) -> None:
+        for d in datasets[1:]:
+            if list(d.classes) != list(datasets[0].classes):
+                raise DataError(f"cannot concatenate datasets with different classes: {datasets[0].classes} "
+                                f"vs {d.classes}")
+        self.datasets = datasets
+        self.classes = list(datasets[0].classes)
+        self._where = [(k, j) for k, d in enumerate(datasets) for j in range(len(d))]
+        self.image_ids = [d.image_ids[j] for d in datasets for j in range(len(d))]
+        self.image_paths = [p for d in datasets for p in d.image_paths]
+        self._offsets = np.cumsum([0] + [len(d) for d in datasets]).tolist()
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    @property
+    def transform(self) -> Optional[Callable]:
+        return self.datasets[0].transform
+
+    def image_size(self, i: int) -> tuple:
+        k, j = self._where[i]
+        return self.datasets[k].image_size(j)
+
+    def get_annotation(self, i: int) -> dict:
+        k, j = self._where[i]
+        return self.datasets[k].get_annotation(j)
+
+    def __getitem__(self, i: int) -> tuple:
+        k, j = self._where[i]
+        img, target = self.datasets[k][j]
+        target["index"] += self._offsets[k]
+        return img, target
