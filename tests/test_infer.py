@@ -1,0 +1,242 @@
+"""Inference on files: input discovery, images and videos with a tiny random model, the CLI and bad inputs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_model import TINY
+
+from vggdet import build_detector, load_config
+from vggdet.api import Detector
+from vggdet.checkpoint import save_checkpoint
+from vggdet.inference import collect_inputs, output_names, run_images, run_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Fewer proposals and detections than the defaults keep the random model fast on two CPU cores.
+FAST = ["model.rpn.pre_nms_top_n_test=500", "model.rpn.post_nms_top_n_test=50",
+        "model.roi_head.detections_per_img=10"]
+CLASSES = ["circle", "square"]
+LOW = ["--score-thr", "0"]  # a random model scores ~1/3: keep everything so there is something to check
+N_FRAMES, FPS, VW, VH = 40, 10.0, 128, 96
+
+
+def _write_video(path: str, n: int = N_FRAMES) -> None:
+    w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (VW, VH))
+    for i in range(n):
+        frame = np.full((VH, VW, 3), 40, np.uint8)
+        cv2.circle(frame, (20 + 2 * i, 48), 15, (0, 0, 255), -1)
+        w.write(frame)
+    w.release()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Checkpoints (embedded config and bare), a config file, images (+ a corrupt one) and a video."""
+    d = tmp_path_factory.mktemp("infer")
+    cfg = load_config(None, TINY + FAST)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    save_checkpoint(str(d / "full.pt"), {"model": model.state_dict(), "config": cfg.to_dict(), "classes": CLASSES})
+    save_checkpoint(str(d / "bare.pt"), {"model": model.state_dict()})
+    sections = {}
+    for item in TINY + FAST:  # the same settings as a config file of dicts
+        key, value = item.split("=", 1)
+        node = sections
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = eval(value)
+    (d / "tiny.py").write_text("".join(f"{k} = {v!r}\n" for k, v in sections.items()))
+    rng = np.random.default_rng(0)
+    (d / "imgs" / "sub").mkdir(parents=True)
+    cv2.imwrite(str(d / "imgs" / "a.jpg"), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    cv2.imwrite(str(d / "imgs" / "gray.png"), rng.integers(0, 255, (100, 140), dtype=np.uint8))
+    cv2.imwrite(str(d / "imgs" / "sub" / "a.jpg"), rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    (d / "imgs" / "bad.jpg").write_bytes(b"not a jpeg at all" * 20)
+    _write_video(str(d / "clip.mp4"))
+    det = Detector.from_checkpoint(str(d / "full.pt"), device="cpu", overrides=["test.score_thresh=0.0"])
+    return d, det
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "tools/infer.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _jsonl(path) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _no_temp_files(out) -> None:
+    leftovers = [f for _, _, files in os.walk(out) for f in files if f.startswith(".tmp_")]
+    assert leftovers == []
+
+
+def _assert_inside(dets: list, w: int, h: int) -> None:
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h, d
+        assert d["label"] in CLASSES and 0 <= d["score"] <= 1
+
+
+def _video_props(path: str) -> tuple:
+    cap = cv2.VideoCapture(path)
+    props = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS),
+             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return props, n
+
+
+# ------------------------------------------------------------------------------------ input discovery
+def test_collect_inputs_folders_globs_videos_missing(env):
+    d, _ = env
+    images, videos, missing = collect_inputs([str(d / "imgs"), str(d / "imgs" / "*.jpg"), str(d / "*.mp4"),
+                                              str(d / "nothing*.png"), str(d / "absent.jpg")])
+    names = sorted(os.path.relpath(p, d) for p in images)
+    assert names == ["imgs/a.jpg", "imgs/bad.jpg", "imgs/gray.png", "imgs/sub/a.jpg"]  # no duplicates
+    assert videos == [str(d / "clip.mp4")]
+    assert missing == [str(d / "nothing*.png"), str(d / "absent.jpg")]
+
+
+def test_output_names_never_clash():
+    names = output_names(["x/a.jpg", "y/a.jpg", "x/sub/a.jpg"])
+    assert names == {"x/a.jpg": "x/a.jpg", "y/a.jpg": "y/a.jpg", "x/sub/a.jpg": "x/sub/a.jpg"}
+    videos = output_names(["v/a.mp4", "v/a.avi", "v/detections.mkv"], strip_ext=True, reserved=("detections",))
+    assert sorted(videos.values()) == ["a", "a_1", "detections_1"]
+
+
+# --------------------------------------------------------------------------------- library, in-process
+def test_run_images_writes_annotated_copies_and_jsonl(env, tmp_path):
+    d, det = env
+    paths = [str(d / "imgs" / "a.jpg"), str(d / "imgs" / "gray.png"), str(d / "imgs" / "sub" / "a.jpg")]
+    stats = run_images(det, paths, str(tmp_path), score_thr=0.0, batch=2, progress=False)
+    assert stats.images == 3 and not stats.failed
+    rows = _jsonl(tmp_path / "detections.jsonl")
+    assert [r["file"] for r in rows] == paths
+    assert [(r["width"], r["height"]) for r in rows] == [(160, 120), (140, 100), (128, 96)]
+    assert sum(len(r["detections"]) for r in rows) > 0
+    for r in rows:
+        _assert_inside(r["detections"], r["width"], r["height"])
+    for name, shape in [("a.jpg", (120, 160, 3)), ("gray.png", (100, 140, 3)), ("sub/a.jpg", (96, 128, 3))]:
+        assert cv2.imread(str(tmp_path / name)).shape == shape
+    # --classes and --score-thr filter what is written.
+    run_images(det, paths[:1], str(tmp_path / "k"), score_thr=0.3, keep={"circle"}, draw=False, progress=False)
+    kept = _jsonl(tmp_path / "k" / "detections.jsonl")[0]["detections"]
+    assert all(x["label"] == "circle" and x["score"] >= 0.3 for x in kept)
+    assert sorted(os.listdir(tmp_path / "k")) == ["detections.jsonl"]
+    _no_temp_files(tmp_path)
+
+
+def test_run_video_keeps_frames_size_rate(env, tmp_path):
+    d, det = env
+    stats = run_video(det, str(d / "clip.mp4"), str(tmp_path), score_thr=0.0, batch=4, every=2, progress=False)
+    assert not stats.failed and stats.frames == N_FRAMES and stats.frame_model_n == N_FRAMES // 2
+    (count, fps, w, h), n = _video_props(str(tmp_path / "clip.mp4"))
+    assert (count, n, w, h) == (N_FRAMES, N_FRAMES, VW, VH) and fps == pytest.approx(FPS)
+    rows = _jsonl(tmp_path / "clip.jsonl")
+    assert [r["frame"] for r in rows] == list(range(N_FRAMES))
+    assert rows[3]["time"] == pytest.approx(3 / FPS)
+    assert any(r["detections"] for r in rows)
+    for r in rows:
+        _assert_inside(r["detections"], VW, VH)
+    for i in range(1, N_FRAMES, 2):  # the frames between repeat the last processed frame's detections
+        assert rows[i]["detections"] == rows[i - 1]["detections"]
+    _no_temp_files(tmp_path)
+
+
+def test_video_every_covers_a_partial_last_batch(env, tmp_path):
+    d, det = env
+    _write_video(str(tmp_path / "short.mp4"), n=11)
+    stats = run_video(det, str(tmp_path / "short.mp4"), str(tmp_path / "out"), score_thr=0.0, batch=3, every=4,
+                      progress=False)
+    rows = _jsonl(tmp_path / "out" / "short.jsonl")
+    assert stats.frame_model_n == 3 and len(rows) == 11 == _video_props(str(tmp_path / "out" / "short.mp4"))[1]
+    for i in range(11):
+        assert rows[i]["detections"] == rows[i - i % 4]["detections"]
+
+
+def test_interrupted_or_corrupt_video_leaves_no_output(env, tmp_path):
+    d, det = env
+
+    class Interrupting:
+        classes = det.classes
+
+        def __init__(self):
+            self.calls = 0
+
+        def predict_batch(self, images):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return det.predict_batch(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_video(Interrupting(), str(d / "clip.mp4"), str(tmp_path), batch=2, progress=False)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    stats = run_video(det, str(tmp_path / "broken.mp4"), str(tmp_path / "out"), progress=False)
+    assert len(stats.failed) == 1 and "broken.mp4" in stats.failed[0]
+    assert sorted(os.listdir(tmp_path)) == ["broken.mp4"]  # no clip.mp4/.jsonl, no temp files
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_embedded_config_images_video_and_bad_inputs(env, tmp_path):
+    d, _ = env
+    out = tmp_path / "out"
+    r = _cli(str(d / "full.pt"), str(d / "imgs"), str(d / "clip.mp4"), str(d / "nothing*.jpg"),
+             "--out", str(out), *LOW, "--batch", "2", "--every", "8")
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert any("bad.jpg" in e for e in errors) and any("nothing*.jpg" in e for e in errors)
+    rows = _jsonl(out / "detections.jsonl")
+    assert sorted(os.path.relpath(x["file"], d) for x in rows) == ["imgs/a.jpg", "imgs/gray.png", "imgs/sub/a.jpg"]
+    assert os.path.isfile(out / "sub" / "a.jpg") and os.path.isfile(out / "a.jpg")
+    assert len(_jsonl(out / "clip.jsonl")) == N_FRAMES and _video_props(str(out / "clip.mp4"))[1] == N_FRAMES
+    assert "ms per image" in r.stdout and "ms per frame" in r.stdout and "detections: " in r.stdout
+    _no_temp_files(out)
+
+
+def _main_in_process(capsys, *args: str) -> tuple:
+    """tools/infer.py's main() without a new interpreter (the error paths; saves seconds of imports)."""
+    spec = importlib.util.spec_from_file_location("infer_tool", os.path.join(ROOT, "tools", "infer.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    code = tool.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_bare_checkpoint_needs_config(env, tmp_path, capsys):
+    d, _ = env
+    code, _, err = _main_in_process(capsys, str(d / "bare.pt"), str(d / "imgs" / "a.jpg"), "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "CONFIG" in err and "bare.pt" in err
+    r = _cli(str(d / "tiny.py"), str(d / "bare.pt"), str(d / "imgs" / "a.jpg"), "--out", str(tmp_path / "y"),
+             "--no-draw", "--set", "model.roi_head.score_thresh=0.0", "--score-thr", "0.1")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(tmp_path / "y") == ["detections.jsonl"]
+    assert len(_jsonl(tmp_path / "y" / "detections.jsonl")) == 1
+    assert "class1" in r.stdout or "class2" in r.stdout  # no names in a bare checkpoint
+
+
+def test_cli_nothing_to_do_and_unknown_class(env, tmp_path, capsys):
+    d, _ = env
+    code, _, err = _main_in_process(capsys, str(d / "full.pt"), str(d / "nope*.jpg"), "--out", str(tmp_path))
+    assert code == 2 and "nope*.jpg" in err
+    code, _, err = _main_in_process(capsys, str(d / "full.pt"), str(d / "imgs" / "a.jpg"),
+                                    "--classes", "circle,triangle", "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "triangle" in err
+    code, _, err = _main_in_process(capsys, str(d / "tiny.py"), str(d / "missing.pt"), str(d / "imgs"),
+                                    "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "missing.pt" in err
+    assert os.listdir(tmp_path) == []
