@@ -259,7 +259,7 @@ def test_tiny_model_overfits_one_image():
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     first = None
-    for _ in range(250):
+    for _ in range(400):  # ~0.9 IoU here; margin for other CPUs' rounding (0.695 seen at 250 steps)
         loss = sum(model([img], [tgt]).values())
         first = first if first is not None else loss.item()
         opt.zero_grad()

@@ -83,12 +83,16 @@ class RoIHead(nn.Module):
 
     def predict(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
         """RoI features -> (class logits [R,K+1], box deltas [R,4(K+1)])."""
-        rois = [r.to(features.dtype) for r in rois]
+        # Pool in float32 whatever the feature dtype: half/bf16 RoI coordinates would be off by pixels
+        # (bf16 has 8 mantissa bits: a step of 4 px at x = 800), and torchvision's CPU roi_pool has no
+        # bf16 kernel. The cast of one feature map is cheap; fc6/fc7 then run in the features' dtype.
+        feats = features.float()
+        rois = [r.float() for r in rois]
         if self.pool == "align":
-            x = roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio, aligned=True)
+            x = roi_align(feats, rois, self.pool_size, self.spatial_scale, self.sampling_ratio, aligned=True)
         else:
-            x = roi_pool(features, rois, self.pool_size, self.spatial_scale)
-        x = x.flatten(1)
+            x = roi_pool(feats, rois, self.pool_size, self.spatial_scale)
+        x = x.to(features.dtype).flatten(1)
         x = self.dropout(F.relu(self.fc6(x)))
         x = self.dropout(F.relu(self.fc7(x)))
         return self.cls_score(x), self.bbox_pred(x)

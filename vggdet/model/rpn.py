@@ -62,7 +62,8 @@ class RPN(nn.Module):
         logits = self.cls_logits(x).permute(0, 2, 3, 1).reshape(n, -1)  # [N,T], order (h, w, a)
         deltas = self.bbox_pred(x).view(n, -1, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         anchors = self.anchors(fh, fw)
-        proposals = self.proposals(logits.detach(), deltas.detach(), anchors, image_sizes, scales)
+        # Decode in float32 even under autocast: half/bf16 anchor coordinates are pixels off.
+        proposals = self.proposals(logits.detach().float(), deltas.detach().float(), anchors, image_sizes, scales)
         losses = {}
         if self.training:
             if gt_boxes is None:
@@ -103,7 +104,7 @@ class RPN(nn.Module):
         loss_cls = F.binary_cross_entropy_with_logits(
             logits[sampled], labels[sampled].to(logits.dtype), reduction="sum") / num
         # Normalised by the number of sampled anchors (the original's outside weights = 1 / 256).
-        loss_box = smooth_l1(deltas[fg], targets[fg], self.sigma) / num
+        loss_box = smooth_l1(deltas[fg].float(), targets[fg], self.sigma) / num
         return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
 
     @torch.no_grad()

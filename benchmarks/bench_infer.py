@@ -1,0 +1,171 @@
+"""Inference speed: vggdet vs torchvision's FasterRCNN built from the same VGG16 parts and weights.
+
+    python benchmarks/bench_infer.py [--threads 2] [--runs 5] [--batch 1 4] [--device cpu|cuda] [--amp]
+                                     [--variants vggdet,torchvision,vggdet-plain,torchvision-cl,vggdet-bf16]
+
+One process, one set of weights copied into both models, the same 500x375 images (-> 600x800), eval
+mode and torch.inference_mode. The variants are timed interleaved (the order alternates per run) so
+a noisy, shared machine slows them alike; the table gives the median seconds per image after a
+warm-up. Peak RSS (CPU) comes from a fresh subprocess per variant; peak GPU memory from
+torch.cuda.max_memory_allocated. Variants:
+  vggdet          the package as shipped (CPU: channels_last convs, automatic)
+  vggdet-plain    vggdet forced to NCHW fp32 (the reference "plain path")
+  vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
+  torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
+  torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
+--amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, timed, torchvision_twin  # noqa: E402
+
+from vggdet import build_detector, load_config  # noqa: E402
+
+ALL = ["vggdet", "torchvision", "vggdet-plain", "torchvision-cl", "vggdet-bf16"]
+
+
+def build(variants: list, device: str, num_classes: int, overrides: list) -> dict:
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, [f"model.num_classes={num_classes}"] + overrides)).eval().to(device)
+    models = {}
+    for v in variants:
+        if v.startswith("vggdet"):
+            models[v] = model
+        elif v == "torchvision":
+            models[v] = torchvision_twin(model).eval()
+        elif v == "torchvision-cl":
+            models[v] = torchvision_twin(model, channels_last=True).eval()
+        else:
+            raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
+    return models
+
+
+def runner(name: str, models: dict, device: str, amp: str | None):
+    model = models[name]
+    dtype = amp or ("bfloat16" if name == "vggdet-bf16" else None)
+
+    def run(images):
+        if name.startswith("vggdet"):
+            model.channels_last = False if name == "vggdet-plain" else None
+        with torch.inference_mode(), autocast(device, dtype):
+            return model(images)
+    return run
+
+
+def rss_child(a) -> None:
+    """--rss-of VARIANT: one warm-up and one timed batch of the largest size, then print the peak RSS."""
+    models = build([a.rss_of], "cpu", a.num_classes, a.set)
+    if not a.rss_of.startswith("vggdet"):  # keep only the twin alive
+        models = {a.rss_of: models[a.rss_of]}
+    run = runner(a.rss_of, models, "cpu", a.amp_dtype)
+    images = jpeg_like_images(max(a.batch))
+    import gc
+
+    gc.collect()
+    try:  # reset the peak (VmHWM) so the building of both models does not count (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    run(images)
+    run(images)
+    print(json.dumps({"peak_rss_mib": vm_hwm_mib() or peak_rss_mib()}))
+
+
+def vm_hwm_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="autocast every variant (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--variants", default="vggdet,torchvision", help=f"comma list from {ALL}, or 'all'")
+    p.add_argument("--num-classes", type=int, default=20)
+    p.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--set", nargs="*", default=[], help="vggdet config overrides key=value")
+    p.add_argument("--rss-of", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    a.amp_dtype = ("float16" if a.device.startswith("cuda") else "bfloat16") if a.amp else None
+    if a.rss_of:
+        return rss_child(a)
+    variants = ALL if a.variants == "all" else a.variants.split(",")
+    if a.device.startswith("cuda"):
+        variants = [v for v in variants if v != "vggdet-bf16"] if a.amp else variants
+    models = build(variants, a.device, a.num_classes, a.set)
+    runs = {v: runner(v, models, a.device, a.amp_dtype) for v in variants}
+    images = jpeg_like_images(max(a.batch), device=a.device)
+    times = {(v, b): [] for v in variants for b in a.batch}
+    gpu_peak = {(v, b): 0.0 for v in variants for b in a.batch}
+    ndet = {}
+    for r in range(a.warmup + a.runs):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for b in a.batch:
+            for v in order:
+                if a.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                out = []
+                t = timed(lambda: out.append(runs[v](images[:b])), a.device)  # noqa: B023
+                if a.device.startswith("cuda"):
+                    gpu_peak[(v, b)] = max(gpu_peak[(v, b)], torch.cuda.max_memory_allocated() / 2**20)
+                ndet[(v, b)] = sum(len(d["boxes"]) for d in out[0]) / b
+                if r >= a.warmup:
+                    times[(v, b)].append(t / b)
+        print(f"run {r + 1}/{a.warmup + a.runs}: " + ", ".join(
+            f"{v}@{b} {median(times[(v, b)]) if r >= a.warmup else float('nan'):.3f}" for b in a.batch
+            for v in variants), file=sys.stderr, flush=True)
+    rss = {}
+    if not a.no_rss and not a.device.startswith("cuda"):
+        for v in variants:
+            cmd = [sys.executable, __file__, "--rss-of", v, "--threads", str(a.threads), "--batch", *map(str, a.batch),
+                   "--num-classes", str(a.num_classes)] + (["--amp"] if a.amp else []) + (["--set", *a.set] if a.set else [])
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            rss[v] = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mib"] if res.returncode == 0 else None
+    print_table(a, variants, times, gpu_peak, rss, ndet)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine(a.device), "args": vars(a),
+                       "s_per_image": {f"{v}@{b}": median(t) for (v, b), t in times.items()},
+                       "gpu_peak_mib": {f"{v}@{b}": m for (v, b), m in gpu_peak.items()},
+                       "peak_rss_mib": rss}, f, indent=2)
+
+
+def print_table(a, variants, times, gpu_peak, rss, ndet) -> None:
+    cuda = a.device.startswith("cuda")
+    print(f"\nMachine: {machine(a.device)}; device {a.device}; amp {a.amp_dtype or 'off'}; "
+          f"median of {a.runs} runs after {a.warmup} warm-up; inputs 500x375 -> 600x800\n")
+    mem = "peak GPU MiB" if cuda else "peak RSS MiB (fresh process, largest batch)"
+    print(f"| model | batch | s / image | images / s | speed-up vs torchvision | {mem} | detections / image |")
+    print("|---|---|---|---|---|---|---|")
+    for b in a.batch:
+        base = median(times[("torchvision", b)]) if ("torchvision", b) in times else float("nan")
+        for v in variants:
+            s = median(times[(v, b)])
+            m = gpu_peak[(v, b)] if cuda else rss.get(v)
+            m = f"{m:.0f}" if m else "-"
+            print(f"| {v} | {b} | {s:.3f} | {1 / s:.2f} | {base / s:.2f}x | {m} | {ndet[(v, b)]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

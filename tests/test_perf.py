@@ -1,0 +1,151 @@
+"""Performance paths: the fast path's detections equal the plain path's, autocast runs, truncated SVD.
+
+VGGDET_TEST_DEVICE=cuda runs the device tests on the GPU (benchmarks/gpu_check.sh does); default cpu.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from vggdet import build_detector, load_config
+from vggdet.api import Detector
+from vggdet.checkpoint import load_checkpoint, save_checkpoint
+from vggdet.svd import SVDError, compress_checkpoint, compress_fc
+
+DEVICE = os.environ.get("VGGDET_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    pytest.skip("VGGDET_TEST_DEVICE=cuda but CUDA is not available", allow_module_level=True)
+
+# A small model whose detections are many and well separated: 2 classes (uniform-ish softmax > 0.05).
+SMALL = ["model.backbone.width=0.25", "model.backbone.freeze_at=0", "model.roi_head.fc_dim=256",
+         "model.num_classes=2", "model.input.min_size=192", "model.input.max_size=320",
+         "model.rpn.min_size=4", "model.rpn.pre_nms_top_n_test=1000", "model.rpn.post_nms_top_n_test=100"]
+
+
+def small_model(*extra: str):
+    torch.manual_seed(0)
+    return build_detector(load_config(None, SMALL + list(extra))).to(DEVICE).eval()
+
+
+def images(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g).to(DEVICE) for h, w in ((150, 200), (190, 130))]
+
+
+def detect(model, imgs, channels_last, dtype=None):
+    model.channels_last = channels_last
+    with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=dtype or torch.float32,
+                                                enabled=dtype is not None):
+        return model(imgs)
+
+
+def assert_same_detections(a: list, b: list, rtol: float = 1e-3):
+    for da, db in zip(a, b):
+        assert da["labels"].tolist() == db["labels"].tolist()
+        torch.testing.assert_close(da["boxes"], db["boxes"], rtol=rtol, atol=rtol)
+        torch.testing.assert_close(da["scores"], db["scores"], rtol=rtol, atol=1e-4)
+
+
+def test_fast_path_detections_equal_plain_path():
+    model = small_model()
+    imgs = images()
+    plain = detect(model, imgs, channels_last=False)
+    fast = detect(model, imgs, channels_last=True)  # what the default (None = auto) picks on CPU
+    assert sum(len(d["boxes"]) for d in plain) > 10
+    assert_same_detections(fast, plain)
+    auto = detect(model, imgs, channels_last=None)
+    assert_same_detections(auto, plain)
+
+
+def test_full_width_backbone_channels_last_matches():
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE).eval()
+    x = torch.rand(1, 3, 96, 128, device=DEVICE)
+    with torch.inference_mode():
+        plain = model.backbone(x)
+        fast = model.backbone(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-3 * plain.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_autocast_inference_runs_and_stays_close(dtype):
+    if DEVICE == "cpu" and dtype == "float16":
+        pytest.skip("fp16 autocast is a GPU mode")
+    model = small_model()
+    imgs = images()
+    low = detect(model, imgs, channels_last=None, dtype=getattr(torch, dtype))
+    for d in low:
+        assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
+        assert len(d["boxes"]) > 0
+    # the head on the same RoIs: class probabilities within a few 1e-2 of fp32
+    with torch.inference_mode():
+        feats = model.backbone(model.transform(imgs)[0])
+        rois = [torch.tensor([[0.0, 0, 100, 80], [20, 30, 150, 170]], device=DEVICE)]
+        s32, _ = model.roi_head.predict(feats[:1], rois)
+        with torch.autocast(torch.device(DEVICE).type, dtype=getattr(torch, dtype)):
+            s16, _ = model.roi_head.predict(feats[:1], rois)
+    torch.testing.assert_close(s16.float().softmax(1), s32.softmax(1), rtol=0, atol=5e-2)
+
+
+def test_train_step_under_autocast_on_device():
+    model = small_model().train()
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 160, 200, generator=g).to(DEVICE)
+    tgt = {"boxes": torch.tensor([[20.0, 30, 90, 120], [100, 40, 180, 150]], device=DEVICE),
+           "labels": torch.tensor([1, 2], device=DEVICE)}
+    dtype = torch.float16 if DEVICE.startswith("cuda") else torch.bfloat16
+    with torch.autocast(torch.device(DEVICE).type, dtype=dtype):
+        losses = model([img, img.flip(-1)], [tgt, tgt])
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert next(model.parameters()).device.type == torch.device(DEVICE).type
+
+
+# ------------------------------------------------------------------------------------------ truncated SVD
+def test_compress_fc_full_rank_is_exact_and_error_falls_with_rank():
+    torch.manual_seed(0)
+    fc = nn.Linear(96, 64)
+    x = torch.randn(20, 96)
+    full = compress_fc(fc, 64)
+    assert isinstance(full, nn.Sequential) and full[0].bias is None
+    assert full[0].weight.shape == (64, 96) and full[1].weight.shape == (64, 64)
+    torch.testing.assert_close(full(x), fc(x), rtol=1e-4, atol=1e-4)
+    errors = [(compress_fc(fc, r)(x) - fc(x)).norm().item() for r in (4, 16, 32, 48)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
+    with pytest.raises(SVDError, match="rank"):
+        compress_fc(fc, 65)
+    with pytest.raises(SVDError, match="rank"):
+        compress_fc(fc, 0)
+
+
+def test_compress_checkpoint_round_trip(tmp_path):
+    model = small_model().cpu()
+    cfg = load_config(None, SMALL)
+    path, small = tmp_path / "full.pth", tmp_path / "small.pth"
+    save_checkpoint(str(path), {"model": model.state_dict(), "config": cfg.to_dict(), "classes": ["a", "b"],
+                                "optimizer": {"state": {}}, "epoch": 3})
+    fc6_in = model.roi_head.fc6.in_features
+    # full rank: the same detections
+    compress_checkpoint(str(path), fc6_in if fc6_in < 256 else 256, 256, str(small))
+    ck = load_checkpoint(str(small))
+    assert "optimizer" not in ck and ck["epoch"] == 3 and ck["classes"] == ["a", "b"]
+    assert ck["config"]["model"]["roi_head"]["fc6_rank"] == min(fc6_in, 256)
+    assert "roi_head.fc6.weight" not in ck["model"] and "roi_head.fc6.0.weight" in ck["model"]
+    det_full = Detector.from_checkpoint(str(path), device=DEVICE)
+    det_small = Detector.from_checkpoint(str(small), device=DEVICE)
+    assert isinstance(det_small.model.roi_head.fc6, nn.Sequential)
+    imgs = images()
+    assert_same_detections(detect(det_small.model, imgs, None), detect(det_full.model, imgs, None), rtol=2e-3)
+    # a real compression loads and runs; a rank above min(in, out) is a clear error
+    compress_checkpoint(str(path), 32, 16, str(small))
+    dets = Detector.from_checkpoint(str(small), device=DEVICE).predict_batch([i.cpu() for i in imgs])
+    assert len(dets) == 2
+    with pytest.raises(SVDError, match="min"):
+        compress_checkpoint(str(path), 100000, None, str(tmp_path / "bad.pth"))
+    with pytest.raises(SVDError, match="already compressed"):
+        compress_checkpoint(str(small), 16, None, str(tmp_path / "bad.pth"))
