@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="+", metavar="[CONFIG] CHECKPOINT")
     p.add_argument("--out", help="results folder (default: <checkpoint folder>/test)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="autocast: train.amp_dtype on CUDA, bf16 on the CPU")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     if len(args.paths) > 2:
