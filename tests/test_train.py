@@ -104,6 +104,20 @@ def test_sigint_saves_latest_and_exits_130(tmp_path):
     ckpt = load_checkpoint(str(work / "latest.pth"))
     assert ckpt["iteration"] >= 1 and "optimizer" in ckpt
     assert not list(work.glob(".tmp_*"))  # no torn temp files left behind
+    # resuming finishes the interrupted epoch (12 batches of 2) and no more
+    epochs = ckpt["epoch"] + 1
+    train(load_config(CONFIG, tiny(tmp_path, f"train.epochs={epochs}")), str(work), resume="auto")
+    assert load_checkpoint(str(work / "latest.pth"))["iteration"] == 12 * epochs
+
+
+def test_mid_epoch_start_skips_batches_unloaded():
+    from vggdet.data.loader import GroupedBatchSampler, SeededSampler
+
+    sampler = GroupedBatchSampler(SeededSampler(10, shuffle=True, seed=0), [0, 1] * 5, 2)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, start=2)
+    assert list(sampler) == full[2:] and len(sampler) == len(full) - 2
 
 
 def test_ddp_gloo_two_processes(tmp_path):

@@ -276,16 +276,14 @@ class Trainer:
     def train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
         self.ddp_model.train()
-        self.loader.set_epoch(st.epoch)
         skip = st.iter_in_epoch  # resuming mid-epoch: the same order, continue after the done batches
+        self.loader.set_epoch(st.epoch, start_batch=skip)
         total = self.iters_per_epoch
         bar = tqdm(total=total, initial=skip, desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="it",
                    disable=not self.main, dynamic_ncols=True)
         window: dict = {}
         t0, n_img = time.perf_counter(), 0
-        for i, (images, targets) in enumerate(self.loader):
-            if i < skip:
-                continue
+        for i, (images, targets) in enumerate(self.loader, start=skip):
             losses = self.step(images, targets)
             st.iteration += 1
             st.iter_in_epoch = i + 1

@@ -105,14 +105,25 @@ class GroupedBatchSampler(Sampler):
 
     def __init__(self, sampler: Sampler, group_ids: list, batch_size: int) -> None:
         self.sampler, self.group_ids, self.batch_size = sampler, group_ids, batch_size
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """`start`: leave out the epoch's first batches (a resume mid-epoch) without loading them."""
         self.sampler.set_epoch(epoch)
+        self.start = start
 
     def __len__(self) -> int:
+        return self._full_len() - self.start
+
+    def _full_len(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[list]:
+        for n, batch in enumerate(self._batches()):
+            if n >= self.start:
+                yield batch
+
+    def _batches(self) -> Iterator[list]:
         buffers: dict = {}
         seen: dict = {}
         done = 0
@@ -124,7 +135,7 @@ class GroupedBatchSampler(Sampler):
                 yield buffers.pop(g)
                 done += 1
         for g, buf in sorted(buffers.items(), key=lambda kv: -len(kv[1])):
-            if done >= len(self):
+            if done >= self._full_len():
                 break
             pool = seen[g]
             yield buf + [pool[k % len(pool)] for k in range(self.batch_size - len(buf))]
@@ -140,9 +151,10 @@ class DetectionLoader(DataLoader):
         self.seed = seed
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Order and augmentation seeds for `epoch`; `start_batch` skips that many batches unloaded."""
         self.epoch = epoch
-        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch, start_batch)
         self.generator.manual_seed(self.seed * 100003 + epoch)  # workers' base seed for this epoch
 
     def __iter__(self):
