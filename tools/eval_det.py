@@ -11,7 +11,6 @@ errors are one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ from vggdet.evaluation import (  # noqa: E402
     read_voc_results,
 )
 from vggdet.evaluation.results import guess_voc_classes  # noqa: E402
+from vggdet.fileio import write_json  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,13 +77,6 @@ def run_coco(args: argparse.Namespace) -> dict:
     if args.metric not in (None, "coco"):
         raise EvalError(f"--coco-ann: only --metric coco is supported, got {args.metric}")
     return evaluate_coco(load_coco(args.coco_ann), args.results)
-
-
-def write_json(path: str, metrics: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def main(argv=None) -> int:

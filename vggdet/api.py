@@ -20,6 +20,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def detections_to_numpy(det: dict) -> dict:
+    """One image's model output (tensors on any device, any float dtype) -> float32 / int64 numpy arrays."""
+    return {"boxes": det["boxes"].float().cpu().numpy(), "labels": det["labels"].cpu().numpy(),
+            "scores": det["scores"].float().cpu().numpy()}
+
+
 class Detector:
     """A model in eval mode with its class names; inputs are paths, HxWx3 uint8 RGB arrays or tensors."""
 
@@ -55,12 +61,9 @@ class Detector:
     @torch.inference_mode()
     def predict_batch(self, images: list) -> list:
         """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]}."""
-        dets = self.model([self._to_tensor(i) for i in images])
-        out = []
-        for d in dets:
-            labels = d["labels"].cpu().numpy()
-            out.append({"boxes": d["boxes"].float().cpu().numpy(), "scores": d["scores"].float().cpu().numpy(),
-                        "labels": labels, "names": [self.classes[int(c) - 1] for c in labels]})
+        out = [detections_to_numpy(d) for d in self.model([self._to_tensor(i) for i in images])]
+        for d in out:
+            d["names"] = [self.classes[int(c) - 1] for c in d["labels"]]
         return out
 
     def predict(self, image: ImageLike) -> dict:

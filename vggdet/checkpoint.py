@@ -7,33 +7,16 @@ fsync, then os.replace, so a kill mid-save never leaves a torn file under the fi
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional
 
 import torch
 
-from vggdet.config import Config, load_config
+from vggdet.config import Config, apply_overrides, load_config
+from vggdet.fileio import atomic_write
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
-
-
-def atomic_write(path: str, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -62,11 +45,7 @@ def config_from_checkpoint(ckpt: dict, path: str, config_path: Optional[str] = N
     if "config" not in ckpt:
         raise CheckpointError(f"{path}: the checkpoint has no embedded config; pass the CONFIG file too")
     cfg = Config.from_dict(ckpt["config"], source=path)
-    for item in overrides or []:
-        from vggdet.config import parse_overrides, set_key
-
-        for k, v in parse_overrides([item]).items():
-            set_key(cfg, k, v, source="--set")
+    apply_overrides(cfg, overrides or [])
     return cfg
 
 

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -228,9 +228,14 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
         if "name" not in sections:
             cfg.name = os.path.splitext(os.path.basename(path))[0]
         cfg.source = path
-    for key, value in parse_overrides(overrides or []).items():
-        set_key(cfg, key, value, source="--set")
+    apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list) -> None:
+    """Apply `--set` items ("a.b=1", ...) to `cfg` in place, checking keys and types."""
+    for key, value in parse_overrides(overrides).items():
+        set_key(cfg, key, value, source="--set")
 
 
 def parse_overrides(items: list) -> dict:

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from vggdet import distributed as ddp
 from vggdet.api import resolve_device
-from vggdet.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from vggdet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vggdet.config import Config, ConfigError
 from vggdet.data import DataError, build_dataloader, build_dataset
 from vggdet.evaluation import format_table
+from vggdet.fileio import atomic_write, write_json
 from vggdet.model.detector import build_detector
 from vggdet.predict import amp_context, evaluate_model
 
@@ -357,8 +358,7 @@ class Trainer:
             self.state.best_map = metrics["mAP"]
             save_checkpoint(os.path.join(self.work_dir, "best.pth"), self.checkpoint_dict())
         if final:
-            text = json.dumps(metrics, indent=2)
-            atomic_write(os.path.join(self.work_dir, "metrics.json"), lambda f: f.write(text.encode()))
+            write_json(os.path.join(self.work_dir, "metrics.json"), metrics)
         return metrics
 
 

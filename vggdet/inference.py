@@ -17,11 +17,9 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -31,6 +29,7 @@ from tqdm import tqdm
 
 from vggdet.data.errors import DataError
 from vggdet.data.image_io import read_image
+from vggdet.fileio import atomic_path
 from vggdet.visualize import draw_boxes
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "collect_inputs", "output_names", "filter_detections",
@@ -164,28 +163,12 @@ def _predict(detector, images: list) -> tuple:
     return dets, time.perf_counter() - t0
 
 
-# --------------------------------------------------------------------------------------- atomic output
-@contextmanager
-def _temp_output(path: str) -> Iterator[str]:
-    """Yield a temp path beside `path` (same extension); rename it to `path` on success, delete on failure."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_image(path: str, image_rgb: np.ndarray) -> None:
     ext = os.path.splitext(path)[1].lower()
     ok, buf = cv2.imencode(ext if ext in IMAGE_EXTS else ".jpg", image_rgb[:, :, ::-1])
     if not ok:
         raise OSError(f"{path}: cannot encode image")
-    with _temp_output(path) as tmp:
+    with atomic_path(path) as tmp:
         buf.tofile(tmp)
 
 
@@ -223,7 +206,7 @@ def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, k
     names = names or output_names(paths)
     jsonl = os.path.join(out_dir, "detections.jsonl")
     bar = tqdm(total=len(paths), unit="img", disable=None if progress is None else not progress)
-    with _temp_output(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for chunk, images in _batches(paths, max(1, batch)):
             ok = [(p, im) for p, im in zip(chunk, images) if not isinstance(im, Exception)]
             for im in images:
@@ -333,7 +316,7 @@ def _run_capture(detector, cap, source: str, out_base: str, stats: InferenceStat
     h, w = first.shape[:2]
     video_path, jsonl_path = out_base + ".mp4", out_base + ".jsonl"
     bar = tqdm(total=total, unit="frame", disable=None if progress is None else not progress)
-    with _temp_output(video_path) as tmp_video, _temp_output(jsonl_path) as tmp_jsonl, \
+    with atomic_path(video_path) as tmp_video, atomic_path(jsonl_path) as tmp_jsonl, \
             open(tmp_jsonl, "w", encoding="utf-8") as f:
         writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
         if not writer.isOpened():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Optional
 
@@ -10,7 +11,13 @@ import torch
 from tqdm import tqdm
 
 from vggdet import distributed as ddp
-from vggdet.evaluation import evaluate
+from vggdet.api import detections_to_numpy, resolve_device
+from vggdet.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
+from vggdet.config import Config
+from vggdet.data import build_dataloader
+from vggdet.evaluation import evaluate, format_table
+from vggdet.fileio import write_json
+from vggdet.model.detector import build_detector
 
 
 def amp_context(device: torch.device, dtype: Optional[str]):
@@ -39,8 +46,7 @@ def predict_dataset(model: torch.nn.Module, loader, device: torch.device, amp_dt
         with amp_context(device, amp_dtype):
             dets = model(images, proposals=props) if props is not None else model(images)
         for t, d in zip(targets, dets):
-            local[t["index"]] = {"boxes": d["boxes"].float().cpu().numpy(), "labels": d["labels"].cpu().numpy(),
-                                 "scores": d["scores"].float().cpu().numpy()}
+            local[t["index"]] = detections_to_numpy(d)
         n += len(images)
         bar.set_postfix(img_s=f"{n / (time.perf_counter() - start):.1f}")
     parts = ddp.gather_to_main(local)
@@ -66,16 +72,6 @@ def test_checkpoint(ckpt_path: str, cfg=None, out_dir: Optional[str] = None, dev
 
     `cfg`: a Config, a config file path, or None for the checkpoint's embedded config.
     """
-    import json
-    import os
-
-    from vggdet.api import resolve_device
-    from vggdet.checkpoint import atomic_write, config_from_checkpoint, load_checkpoint, load_model_state
-    from vggdet.config import Config
-    from vggdet.data import build_dataloader
-    from vggdet.evaluation import format_table
-    from vggdet.model.detector import build_detector
-
     ckpt = load_checkpoint(ckpt_path)
     if not isinstance(cfg, Config):
         cfg = config_from_checkpoint(ckpt, ckpt_path, cfg, overrides)
@@ -91,7 +87,6 @@ def test_checkpoint(ckpt_path: str, cfg=None, out_dir: Optional[str] = None, dev
     if metrics is not None:
         print(format_table(metrics))
         if out_dir:
-            text = json.dumps({**metrics, "checkpoint": ckpt_path}, indent=2)
-            atomic_write(os.path.join(out_dir, "metrics.json"), lambda f: f.write(text.encode()))
+            write_json(os.path.join(out_dir, "metrics.json"), {**metrics, "checkpoint": ckpt_path})
     ddp.cleanup()
     return metrics

@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..fileio import write_json
 from .errors import EvalError
 
 __all__ = [
@@ -237,11 +238,7 @@ def write_coco_results(
 ) -> list:
     """Write the COCO results JSON (atomically: temp file + os.replace); return the result dicts."""
     results = coco_results(detections, image_ids, label_to_cat_id)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f)
-    os.replace(tmp, path)
+    write_json(path, results, indent=None)
     return results
 
 

@@ -1,0 +1,38 @@
+"""Atomic outputs: write beside the final name, then `os.replace`, so a kill or error never leaves a
+truncated checkpoint, JSON, image or video under the final name (and no temp file behind)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temp path beside `path` (same extension, for writers that pick a format by it, like
+    cv2.VideoWriter); rename it to `path` on success, delete it on any failure."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str, write: Callable) -> None:
+    """Call `write(binary_file)` on a temp file, fsync it, then rename it to `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: str, obj: Any, indent: int = 2) -> None:
+    text = json.dumps(obj, indent=indent)
+    atomic_write(path, lambda f: f.write(text.encode()))
