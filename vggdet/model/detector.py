@@ -61,7 +61,7 @@ class FasterRCNN(nn.Module):
 
     @staticmethod
     def _scale_target(t: dict, scale: tuple) -> dict:
-        s = torch.tensor([scale[0], scale[1], scale[0], scale[1]], device=t["boxes"].device)
+        s = _xyxy_factors(scale, t["boxes"].float())
         out = {"boxes": t["boxes"].float().reshape(-1, 4) * s, "labels": t["labels"].to(torch.int64)}
         if "proposals" in t:
             out["proposals"] = t["proposals"].float().reshape(-1, 4) * s
@@ -77,8 +77,8 @@ class FasterRCNN(nn.Module):
             if proposals is None or len(proposals) != len(sizes):
                 raise ValueError("model.proposals='external': call model(images, proposals=[...]) with one "
                                  "[P,4] tensor per image")
-            props = [p.float().reshape(-1, 4).to(self.transform.mean.device)
-                     * torch.tensor([s[0], s[1], s[0], s[1]], device=self.transform.mean.device)
+            dev = self.transform.mean.device
+            props = [p.float().reshape(-1, 4).to(dev) * _xyxy_factors(s, self.transform.mean)
                      for p, s in zip(proposals, scales)]
         out = []
         for p, (h, w) in zip(props, sizes):
@@ -88,8 +88,12 @@ class FasterRCNN(nn.Module):
 
     @staticmethod
     def _rescale(det: dict, scale: tuple) -> dict:
-        s = det["boxes"].new_tensor([scale[0], scale[1], scale[0], scale[1]])
-        return {**det, "boxes": det["boxes"] / s}
+        return {**det, "boxes": det["boxes"] / _xyxy_factors(scale, det["boxes"])}
+
+
+def _xyxy_factors(scale: tuple, like: Tensor) -> Tensor:
+    """(sx, sy) -> [sx, sy, sx, sy] with `like`'s dtype and device, to scale xyxy boxes."""
+    return like.new_tensor([scale[0], scale[1], scale[0], scale[1]])
 
 
 def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
