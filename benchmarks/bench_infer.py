@@ -1,15 +1,17 @@
 """Inference speed: vggdet vs torchvision's FasterRCNN built from the same VGG16 parts and weights.
 
     python benchmarks/bench_infer.py [--threads 2] [--runs 5] [--batch 1 4] [--device cpu|cuda] [--amp]
-                                     [--variants vggdet,torchvision,vggdet-plain,torchvision-cl,vggdet-bf16]
+                                     [--variants vggdet,torchvision,vggdet-plain,vggdet-cl,torchvision-cl,vggdet-bf16]
+    python benchmarks/bench_infer.py --layers     # per 3x3 conv: oneDNN vs Winograd F(4x4,3x3) (CPU)
 
 One process, one set of weights copied into both models, the same 500x375 images (-> 600x800), eval
 mode and torch.inference_mode. The variants are timed interleaved (the order alternates per run) so
 a noisy, shared machine slows them alike; the table gives the median seconds per image after a
 warm-up. Peak RSS (CPU) comes from a fresh subprocess per variant; peak GPU memory from
 torch.cuda.max_memory_allocated. Variants:
-  vggdet          the package as shipped (CPU: channels_last convs, automatic)
-  vggdet-plain    vggdet forced to NCHW fp32 (the reference "plain path")
+  vggdet          the package as shipped (CPU: channels_last + Winograd convs, automatic)
+  vggdet-plain    vggdet forced to NCHW fp32 oneDNN convs (the reference "plain path")
+  vggdet-cl       vggdet with channels_last but without Winograd (test.winograd=False)
   vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
   torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
@@ -32,7 +34,7 @@ from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, ti
 
 from vggdet import build_detector, load_config  # noqa: E402
 
-ALL = ["vggdet", "torchvision", "vggdet-plain", "torchvision-cl", "vggdet-bf16"]
+ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16"]
 
 
 def build(variants: list, device: str, num_classes: int, overrides: list) -> dict:
@@ -58,6 +60,7 @@ def runner(name: str, models: dict, device: str, amp: str | None):
     def run(images):
         if name.startswith("vggdet"):
             model.channels_last = False if name == "vggdet-plain" else None
+            model.winograd = False if name in ("vggdet-plain", "vggdet-cl") else None
         with torch.inference_mode(), autocast(device, dtype):
             return model(images)
     return run
@@ -104,9 +107,12 @@ def main(argv=None) -> None:
     p.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--set", nargs="*", default=[], help="vggdet config overrides key=value")
+    p.add_argument("--layers", action="store_true", help="time each 3x3 conv: oneDNN vs Winograd (CPU)")
     p.add_argument("--rss-of", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.layers:
+        return layers_table(a)
     a.amp_dtype = ("float16" if a.device.startswith("cuda") else "bfloat16") if a.amp else None
     if a.rss_of:
         return rss_child(a)
@@ -149,6 +155,48 @@ def main(argv=None) -> None:
                        "s_per_image": {f"{v}@{b}": median(t) for (v, b), t in times.items()},
                        "gpu_peak_mib": {f"{v}@{b}": m for (v, b), m in gpu_peak.items()},
                        "peak_rss_mib": rss}, f, indent=2)
+
+
+def layers_table(a) -> None:
+    """Every 3x3 conv of the full-size VGG16 + RPN at a 600x800 input: oneDNN (channels_last, the
+    fastest oneDNN layout) vs `vggdet.model.winograd.conv3x3`, both with the ReLU, and the error of each
+    against float64."""
+    from vggdet.model import winograd
+
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, ["model.num_classes=20"])).eval()
+    layers = [(f"body.{i}", m) for i, m in enumerate(model.backbone.body)] + [("rpn.conv", model.rpn.conv)]
+    x = torch.rand(a.batch[0], 3, 600, 800).contiguous(memory_format=torch.channels_last)
+    print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up\n")
+    print("| layer | in -> out channels | feature map | oneDNN s | Winograd s | speed-up | rel. error oneDNN | "
+          "rel. error Winograd | used by default |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    total = [0.0, 0.0]
+    with torch.inference_mode():
+        for name, conv in layers:
+            if not isinstance(conv, torch.nn.Conv2d):
+                x = conv(x)  # ReLU (already applied below) is a no-op on x; max-pool halves it
+                continue
+            conv = conv.to(memory_format=torch.channels_last)
+            ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1).relu()
+            one = torch.nn.functional.relu(conv(x))
+            win = winograd.conv3x3(x, conv, relu=True)
+            err = [((o.double() - ref).abs().max() / ref.abs().max()).item() for o in (one, win)]
+            ts = {"one": [], "win": []}
+            for r in range(a.warmup + a.runs):
+                t1 = timed(lambda: torch.nn.functional.relu(conv(x)), "cpu")  # noqa: B023
+                t2 = timed(lambda: winograd.conv3x3(x, conv, relu=True), "cpu")  # noqa: B023
+                if r >= a.warmup:
+                    ts["one"].append(t1)
+                    ts["win"].append(t2)
+            t1, t2 = median(ts["one"]), median(ts["win"])
+            used = winograd.usable(conv, x)
+            total[0] += t1
+            total[1] += t2 if used else t1
+            print(f"| {name} | {conv.in_channels} -> {conv.out_channels} | {x.shape[2]}x{x.shape[3]} | {t1:.4f} | "
+                  f"{t2:.4f} | {t1 / t2:.2f}x | {err[0]:.1e} | {err[1]:.1e} | {'yes' if used else 'no'} |")
+            x = one
+    print(f"\nAll 3x3 convs: oneDNN {total[0]:.3f} s, as shipped {total[1]:.3f} s ({total[0] / total[1]:.2f}x)")
 
 
 def print_table(a, variants, times, gpu_peak, rss, ndet) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from vggdet import build_detector, load_config
 from vggdet.api import Detector
 from vggdet.checkpoint import load_checkpoint, save_checkpoint
+from vggdet.model import winograd
 from vggdet.svd import SVDError, compress_checkpoint, compress_fc
 
 DEVICE = os.environ.get("VGGDET_TEST_DEVICE", "cpu")
@@ -35,8 +36,9 @@ def images(seed: int = 0):
     return [torch.rand(3, h, w, generator=g).to(DEVICE) for h, w in ((150, 200), (190, 130))]
 
 
-def detect(model, imgs, channels_last, dtype=None):
-    model.channels_last = channels_last
+def detect(model, imgs, fast, dtype=None):
+    """fast: True/False force the CPU fast path (channels_last + Winograd) on/off; None = auto."""
+    model.channels_last = model.winograd = fast
     with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=dtype or torch.float32,
                                                 enabled=dtype is not None):
         return model(imgs)
@@ -52,22 +54,73 @@ def assert_same_detections(a: list, b: list, rtol: float = 1e-3):
 def test_fast_path_detections_equal_plain_path():
     model = small_model()
     imgs = images()
-    plain = detect(model, imgs, channels_last=False)
-    fast = detect(model, imgs, channels_last=True)  # what the default (None = auto) picks on CPU
+    plain = detect(model, imgs, fast=False)
+    fast = detect(model, imgs, fast=True)  # what the default (None = auto) picks on CPU
     assert sum(len(d["boxes"]) for d in plain) > 10
     assert_same_detections(fast, plain)
-    auto = detect(model, imgs, channels_last=None)
+    auto = detect(model, imgs, fast=None)
     assert_same_detections(auto, plain)
+    assert model._winograd(model.transform(imgs)[0]) == (DEVICE == "cpu")  # auto: CPU inference only
 
 
-def test_full_width_backbone_channels_last_matches():
+def test_full_width_backbone_fast_paths_match():
     torch.manual_seed(0)
     model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE).eval()
-    x = torch.rand(1, 3, 96, 128, device=DEVICE)
+    x = torch.rand(1, 3, 96, 136, device=DEVICE)
     with torch.inference_mode():
         plain = model.backbone(x)
-        fast = model.backbone(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-3 * plain.abs().max().item())
+        tol = dict(rtol=1e-3, atol=1e-3 * plain.abs().max().item())
+        torch.testing.assert_close(model.backbone(x.contiguous(memory_format=torch.channels_last)), plain, **tol)
+        if DEVICE == "cpu":
+            torch.testing.assert_close(model.backbone(x, winograd=True), plain, **tol)
+
+
+# ------------------------------------------------------------------------------------------ Winograd
+@pytest.mark.parametrize("n,c,co,h,w,layout,bias,relu,chunk", [
+    (2, 64, 128, 13, 9, "nchw", True, False, None),  # batch, NCHW input, crops in both directions
+    (1, 128, 128, 3, 5, "cl", False, True, None),  # smaller than one tile, no bias
+    (1, 96, 130, 21, 34, "cl", True, True, 600),  # many chunks: top/bottom padding per chunk
+])
+def test_winograd_conv_matches_float64_reference(monkeypatch, n, c, co, h, w, layout, bias, relu, chunk):
+    if chunk:
+        monkeypatch.setattr(winograd, "CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, co, 3, padding=1, bias=bias)
+    if bias:
+        nn.init.normal_(conv.bias, std=0.5)
+    x = torch.randn(n, c, h, w)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert winograd.usable(conv, x)
+        y = winograd.conv3x3(x, conv, relu=relu)
+    ref = nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double() if bias else None, padding=1)
+    ref = ref.relu() if relu else ref
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 5e-5, err  # F(4x4,3x3) in float32: ~1e-5 of the output range
+
+
+def test_winograd_applies_only_where_exact_and_tracks_weight_changes():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 128, 3, padding=1)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.inference_mode():
+        assert winograd.usable(conv, x)
+        assert not winograd.usable(nn.Conv2d(64, 128, 3, padding=1, stride=2), x)
+        assert not winograd.usable(nn.Conv2d(64, 128, 1), x)
+        assert not winograd.usable(nn.Conv2d(32, 128, 3, padding=1), torch.randn(1, 32, 8, 8))  # too narrow
+        assert not winograd.usable(conv, x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not winograd.usable(conv, x)
+    assert not winograd.usable(conv, x)  # grad enabled: the autograd path (oneDNN) runs
+    with torch.inference_mode():
+        before = winograd.conv3x3(x, conv)
+    with torch.no_grad():
+        conv.weight.mul_(2)  # an optimizer step or load_state_dict: the cached transform must follow
+        conv.bias.mul_(2)
+    with torch.inference_mode():
+        torch.testing.assert_close(winograd.conv3x3(x, conv), 2 * before, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -76,7 +129,7 @@ def test_autocast_inference_runs_and_stays_close(dtype):
         pytest.skip("fp16 autocast is a GPU mode")
     model = small_model()
     imgs = images()
-    low = detect(model, imgs, channels_last=None, dtype=getattr(torch, dtype))
+    low = detect(model, imgs, fast=None, dtype=getattr(torch, dtype))
     for d in low:
         assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
         assert len(d["boxes"]) > 0

@@ -173,6 +173,7 @@ class TestConfig:
     iou_thresh: float = 0.5
     batch_size: int = 1
     score_thresh: Optional[float] = None  # None = model.roi_head.score_thresh
+    winograd: bool = True  # CPU inference runs the wide 3x3 convs by Winograd F(4x4,3x3); False = oneDNN
 
 
 @dataclass
