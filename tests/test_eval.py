@@ -156,6 +156,20 @@ def test_voc_ap_11_point_vs_area():
     assert voc_ap(np.array([]), np.array([]), True) == 0.0 == voc_ap(np.array([]), np.array([]))
 
 
+def jittered_ground_truth(ds, seed: int, sigma: float, keep=None) -> list:
+    """Detections for a real dataset: its ground truth moved by N(0, sigma) px, a random `keep` fraction
+    of it (all when None), random scores."""
+    rng = np.random.default_rng(seed)
+    dets = []
+    for i in range(len(ds)):
+        a = ds.get_annotation(i)
+        b = a["boxes"].astype(np.float64) + rng.normal(0, sigma, a["boxes"].shape)
+        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])
+        k = rng.random(len(b)) < keep if keep is not None else np.ones(len(b), bool)
+        dets.append({"boxes": b[k], "labels": a["labels"][k], "scores": rng.random(int(k.sum()))})
+    return dets
+
+
 def _det(boxes, labels, scores):
     return {"boxes": np.array(boxes, float).reshape(-1, 4), "labels": np.array(labels), "scores": np.array(scores)}
 
@@ -300,14 +314,7 @@ def test_coco_matches_pycocotools(tmp_path):
     from vggdet.data.coco import COCODetection
 
     ds = COCODetection(str(COCO128 / "train2017"), str(COCO128 / "annotations" / "instances_train2017.json"))
-    rng = np.random.default_rng(3)
-    dets = []
-    for i in range(len(ds)):
-        a = ds.get_annotation(i)
-        b = a["boxes"].astype(np.float64) + rng.normal(0, 3, a["boxes"].shape)
-        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])
-        keep = rng.random(len(b)) < 0.9
-        dets.append({"boxes": b[keep], "labels": a["labels"][keep], "scores": rng.random(int(keep.sum()))})
+    dets = jittered_ground_truth(ds, seed=3, sigma=3, keep=0.9)
     # pycocotools called directly on the straightforward conversion
     cat = ds.label_to_cat_id
     res = [{"image_id": int(ds.image_ids[i]), "category_id": int(cat[k]), "score": float(s),
@@ -331,13 +338,7 @@ def test_eval_det_cli_on_bccd(tmp_path):
     from vggdet.data.voc import VOCDetection
 
     ds = VOCDetection(str(BCCD), "test", classes="auto")
-    rng = np.random.default_rng(4)
-    dets = []
-    for i in range(len(ds)):
-        a = ds.get_annotation(i)
-        b = a["boxes"].astype(np.float64) + rng.normal(0, 6, a["boxes"].shape)
-        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])
-        dets.append({"boxes": b, "labels": a["labels"], "scores": rng.random(len(b))})
+    dets = jittered_ground_truth(ds, seed=4, sigma=6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expect = evaluate(ds, dets, "voc10", out_dir=tmp_path / "res")
