@@ -11,7 +11,7 @@ warm-up. Peak RSS (CPU) comes from a fresh subprocess per variant; peak GPU memo
 torch.cuda.max_memory_allocated. Variants:
   vggdet          the package as shipped (CPU: channels_last + Winograd convs, automatic)
   vggdet-plain    vggdet forced to NCHW fp32 oneDNN convs (the reference "plain path")
-  vggdet-cl       vggdet with channels_last but without Winograd (test.winograd=False)
+  vggdet-cl       vggdet with channels_last but without Winograd (model.winograd = False)
   vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
   torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
@@ -20,6 +20,7 @@ torch.cuda.max_memory_allocated. Variants:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -37,19 +38,34 @@ from vggdet import build_detector, load_config  # noqa: E402
 ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16"]
 
 
+def winograd_switch(variant: str):
+    """`FasterRCNN.winograd` for a vggdet variant: off for the oneDNN variants, auto otherwise."""
+    return False if variant in ("vggdet-plain", "vggdet-cl") else None
+
+
 def build(variants: list, device: str, num_classes: int, overrides: list) -> dict:
     torch.manual_seed(0)
-    model = build_detector(load_config(None, [f"model.num_classes={num_classes}"] + overrides)).eval().to(device)
+    # in train mode (plain convs) until the twins have copied its layers
+    model = build_detector(load_config(None, [f"model.num_classes={num_classes}"] + overrides)).to(device)
+    # One model per Winograd switch (a copy, same weights): toggling one model between interleaved
+    # variants would rebuild the transformed-weight cache inside the timings.
+    vggdet: dict = {}
     models = {}
     for v in variants:
         if v.startswith("vggdet"):
-            models[v] = model
+            switch = winograd_switch(v)
+            if switch not in vggdet:
+                vggdet[switch] = copy.deepcopy(model) if vggdet else model
+            models[v] = vggdet[switch]
         elif v == "torchvision":
             models[v] = torchvision_twin(model).eval()
         elif v == "torchvision-cl":
             models[v] = torchvision_twin(model, channels_last=True).eval()
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
+    for switch, m in vggdet.items():
+        m.winograd = switch
+        m.eval()  # applies the switch: converts the wide 3x3 convs on the CPU unless False
     return models
 
 
@@ -58,9 +74,8 @@ def runner(name: str, models: dict, device: str, amp: str | None):
     dtype = amp or ("bfloat16" if name == "vggdet-bf16" else None)
 
     def run(images):
-        if name.startswith("vggdet"):
+        if name.startswith("vggdet"):  # the Winograd switch is per model (see `build`)
             model.channels_last = False if name == "vggdet-plain" else None
-            model.winograd = False if name in ("vggdet-plain", "vggdet-cl") else None
         with torch.inference_mode(), autocast(device, dtype):
             return model(images)
     return run
@@ -164,7 +179,9 @@ def layers_table(a) -> None:
     from vggdet.model import winograd
 
     torch.manual_seed(0)
-    model = build_detector(load_config(None, ["model.num_classes=20"])).eval()
+    model = build_detector(load_config(None, ["model.num_classes=20"]))
+    model.winograd = False
+    model.eval()  # plain Conv2d modules: both paths are timed on each
     layers = [(f"body.{i}", m) for i, m in enumerate(model.backbone.body)] + [("rpn.conv", model.rpn.conv)]
     x = torch.rand(a.batch[0], 3, 600, 800).contiguous(memory_format=torch.channels_last)
     print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up\n")
@@ -190,7 +207,7 @@ def layers_table(a) -> None:
                     ts["one"].append(t1)
                     ts["win"].append(t2)
             t1, t2 = median(ts["one"]), median(ts["win"])
-            used = winograd.usable(conv, x)
+            used = winograd.eligible(conv)  # what `model.eval()` converts on the CPU
             total[0] += t1
             total[1] += t2 if used else t1
             print(f"| {name} | {conv.in_channels} -> {conv.out_channels} | {x.shape[2]}x{x.shape[3]} | {t1:.4f} | "

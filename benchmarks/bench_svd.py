@@ -34,7 +34,7 @@ def load_model(checkpoint: str, device: str):
     if checkpoint == "random":
         torch.manual_seed(0)
         return build_detector(load_config(None, [])).to(device).eval()
-    from vggdet.api import Detector
+    from vggdet.predictor import Detector
 
     return Detector.from_checkpoint(checkpoint, device=device).model
 

@@ -14,9 +14,10 @@ import torch
 from test_model import TINY
 
 from vggdet import build_detector, load_config
-from vggdet.api import Detector
 from vggdet.checkpoint import save_checkpoint
-from vggdet.inference import collect_inputs, output_names, run_images, run_video
+from vggdet.media import collect_inputs, output_names, run_images
+from vggdet.predictor import Detector
+from vggdet.video import run_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fewer proposals and detections than the defaults keep the random model fast on two CPU cores.
@@ -61,7 +62,7 @@ def env(tmp_path_factory):
     cv2.imwrite(str(d / "imgs" / "sub" / "a.jpg"), rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
     (d / "imgs" / "bad.jpg").write_bytes(b"not a jpeg at all" * 20)
     _write_video(str(d / "clip.mp4"))
-    det = Detector.from_checkpoint(str(d / "full.pt"), device="cpu", overrides=["test.score_thresh=0.0"])
+    det = Detector.from_checkpoint(str(d / "full.pt"), device="cpu", overrides=["runtime.score_thresh=0.0"])
     return d, det
 
 

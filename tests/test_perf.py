@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from vggdet import build_detector, load_config
-from vggdet.api import Detector
 from vggdet.checkpoint import load_checkpoint, save_checkpoint
 from vggdet.model import winograd
+from vggdet.predictor import Detector
 from vggdet.svd import SVDError, compress_checkpoint, compress_fc
 
 DEVICE = os.environ.get("VGGDET_TEST_DEVICE", "cpu")
@@ -39,6 +39,7 @@ def images(seed: int = 0):
 def detect(model, imgs, fast, dtype=None):
     """fast: True/False force the CPU fast path (channels_last + Winograd) on/off; None = auto."""
     model.channels_last = model.winograd = fast
+    model.eval()  # applies the winograd switch
     with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=dtype or torch.float32,
                                                 enabled=dtype is not None):
         return model(imgs)
@@ -60,22 +61,48 @@ def test_fast_path_detections_equal_plain_path():
     assert_same_detections(fast, plain)
     auto = detect(model, imgs, fast=None)
     assert_same_detections(auto, plain)
-    assert model._winograd(model.transform(imgs)[0]) == (DEVICE == "cpu")  # auto: CPU inference only
+    assert bool(converted(model)) == (DEVICE == "cpu")  # auto: CPU inference only
 
 
 def test_full_width_backbone_fast_paths_match():
     torch.manual_seed(0)
-    model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE).eval()
+    model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE)
+    model.winograd = False
+    model.eval()
     x = torch.rand(1, 3, 96, 136, device=DEVICE)
     with torch.inference_mode():
         plain = model.backbone(x)
         tol = dict(rtol=1e-3, atol=1e-3 * plain.abs().max().item())
         torch.testing.assert_close(model.backbone(x.contiguous(memory_format=torch.channels_last)), plain, **tol)
         if DEVICE == "cpu":
-            torch.testing.assert_close(model.backbone(x, winograd=True), plain, **tol)
+            assert winograd.convert(model.backbone) == 11  # conv2_1..conv5_3
+            torch.testing.assert_close(model.backbone(x), plain, **tol)
 
 
 # ------------------------------------------------------------------------------------------ Winograd
+# SMALL (width 0.25): conv4_1 (64 -> 128) and conv4_2..conv5_3 (128 -> 128) reach MIN_IN / MIN_OUT and
+# fuse the ReLU after them; conv1_x..conv3_x are too narrow. The RPN conv (128 -> 512) qualifies without
+# a fused ReLU (RPN.forward applies F.relu). Name -> fused ReLU.
+SMALL_WINOGRAD = {"backbone.body.17": True, "backbone.body.19": True, "backbone.body.21": True,
+                  "backbone.body.24": True, "backbone.body.26": True, "backbone.body.28": True, "rpn.conv": False}
+
+
+def converted(model: nn.Module) -> dict:
+    """Name -> fused ReLU of every WinogradConv2d in `model`."""
+    return {name: m.relu for name, m in model.named_modules() if isinstance(m, winograd.WinogradConv2d)}
+
+
+def count_winograd_calls(monkeypatch) -> list:
+    """Record (conv module, relu) for every `winograd.conv3x3` call from now on."""
+    calls, real = [], winograd.conv3x3
+
+    def counting(x, conv, relu=False):
+        calls.append((conv, relu))
+        return real(x, conv, relu)
+    monkeypatch.setattr(winograd, "conv3x3", counting)
+    return calls
+
+
 @pytest.mark.parametrize("n,c,co,h,w,layout,bias,relu,chunk", [
     (2, 64, 128, 13, 9, "nchw", True, False, None),  # batch, NCHW input, crops in both directions
     (1, 128, 128, 3, 5, "cl", False, True, None),  # smaller than one tile, no bias
@@ -109,6 +136,7 @@ def test_winograd_applies_only_where_exact_and_tracks_weight_changes():
         assert winograd.usable(conv, x)
         assert not winograd.usable(nn.Conv2d(64, 128, 3, padding=1, stride=2), x)
         assert not winograd.usable(nn.Conv2d(64, 128, 1), x)
+        assert not winograd.usable(nn.Conv2d(64, 128, 3, padding=1, padding_mode="reflect"), x)
         assert not winograd.usable(nn.Conv2d(32, 128, 3, padding=1), torch.randn(1, 32, 8, 8))  # too narrow
         assert not winograd.usable(conv, x.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -121,6 +149,80 @@ def test_winograd_applies_only_where_exact_and_tracks_weight_changes():
         conv.bias.mul_(2)
     with torch.inference_mode():
         torch.testing.assert_close(winograd.conv3x3(x, conv), 2 * before, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_revert_keep_parameters_and_fall_back_where_winograd_does_not_apply(monkeypatch):
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(128, 128, 3, padding=1),
+                        nn.Conv2d(128, 128, 3, padding=1, stride=2), nn.ReLU())
+    params, keys = list(seq.parameters()), list(seq.state_dict())
+    x = torch.randn(2, 64, 11, 13)
+    ref = seq(x).detach()
+    assert winograd.convert(seq) == 2 and winograd.convert(seq) == 0
+    assert [type(m) for m in seq] == [winograd.WinogradConv2d, nn.Identity, winograd.WinogradConv2d, nn.Conv2d, nn.ReLU]
+    assert converted(seq) == {"0": True, "2": False}
+    assert list(seq.state_dict()) == keys and all(a is b for a, b in zip(seq.parameters(), params, strict=True))
+    calls = count_winograd_calls(monkeypatch)
+    with torch.inference_mode():
+        torch.testing.assert_close(seq(x), ref, rtol=1e-4, atol=1e-4)
+    assert calls == [(seq[0], True), (seq[2], False)]
+    # grad, autocast, float64, GPU: the regular convs, same results
+    y = seq(x)
+    torch.testing.assert_close(y, ref)
+    y.sum().backward()
+    assert all(p.grad is not None for p in params)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(seq(x).float(), ref, rtol=0.05, atol=0.05)
+    if DEVICE != "cpu":
+        with torch.inference_mode():
+            torch.testing.assert_close(seq.to(DEVICE)(x.to(DEVICE)).cpu(), ref, rtol=1e-3, atol=1e-3)
+    with torch.inference_mode():
+        torch.testing.assert_close(seq.double()(x.double()), ref.double(), rtol=1e-4, atol=1e-4)
+    assert len(calls) == 2
+    assert winograd.revert(seq) == 2 and winograd.revert(seq) == 0
+    assert [type(m) for m in seq] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.Conv2d, nn.ReLU] and seq[1].inplace
+    assert all(a is b for a, b in zip(seq.parameters(), params, strict=True))
+    assert not any(hasattr(m, "_winograd_cache") for m in seq)
+
+
+def test_eval_converts_model_to_winograd_and_train_reverts(monkeypatch):
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, SMALL))  # on the CPU: Winograd is a CPU inference path
+    keys, params = list(model.state_dict()), list(model.parameters())
+    assert converted(model) == {}
+    model.eval()  # winograd None = auto: on for the CPU
+    assert converted(model) == SMALL_WINOGRAD
+    assert all(isinstance(model.get_submodule(f"backbone.body.{int(n.rsplit('.', 1)[1]) + 1}"), nn.Identity)
+               for n, relu in SMALL_WINOGRAD.items() if relu)
+    assert list(model.state_dict()) == keys
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    assert winograd.convert(model) == 0
+    calls = count_winograd_calls(monkeypatch)
+    imgs = [i.cpu() for i in images()]
+    with torch.inference_mode():
+        fast = model(imgs)
+    # once per converted conv per forward, with the ReLU fused where the conv took it over
+    by_name = {model.get_submodule(n): (n, relu) for n, relu in SMALL_WINOGRAD.items()}
+    assert sorted(by_name[c] for c, _ in calls) == sorted(SMALL_WINOGRAD.items())
+    assert all(relu == by_name[c][1] for c, relu in calls)
+    model.winograd = False
+    model.eval()  # the switch takes effect at eval()
+    assert converted(model) == {}
+    with torch.inference_mode():
+        plain = model(imgs)
+    assert len(calls) == len(SMALL_WINOGRAD)
+    assert sum(len(d["boxes"]) for d in plain) > 10
+    assert_same_detections(fast, plain)
+    model.winograd = None
+    model.eval()
+    assert converted(model) == SMALL_WINOGRAD
+    model.train()
+    assert converted(model) == {} and list(model.state_dict()) == keys
+    assert all(isinstance(model.get_submodule(f"backbone.body.{i}"), nn.ReLU) for i in (18, 20, 22, 25, 27, 29))
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    tgt = {"boxes": torch.tensor([[20.0, 30, 90, 120]]), "labels": torch.tensor([1])}
+    sum(model(imgs, [tgt, tgt]).values()).backward()
+    assert len(calls) == len(SMALL_WINOGRAD)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -14,7 +14,8 @@ import torch
 
 from vggdet.checkpoint import load_checkpoint
 from vggdet.config import load_config
-from vggdet.engine import TrainingError, train
+from vggdet.errors import TrainingError
+from vggdet.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "shapes_tiny.py")

@@ -1,96 +1,10 @@
-#!/usr/bin/env python
-"""Score an existing results file against ground truth; no model needed.
+"""Score a results file against ground truth: python tools/eval_det.py --voc-root DIR --results DIR | --coco-ann F --results F.
 
-    python tools/eval_det.py --voc-root VOCdevkit/VOC2007 --split test --results RESULTS_DIR --metric voc07 \
-        [--out metrics.json] [--classes a,b,c] [--iou 0.5] [--plot DIR]
-    python tools/eval_det.py --coco-ann instances_val2017.json --results dets.json [--out metrics.json]
-
-VOC results: the devkit's comp4_det_<split>_<class>.txt files. Prints a per-class AP table and the mean;
-errors are one line on stderr, exit status 2.
-"""
-from __future__ import annotations
-
-import argparse
-import os
+The code is in vggdet/cli/eval.py (also installed as `vggdet-eval`);
+`python tools/eval_det.py --help` lists the flags."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-
-from vggdet.evaluation import (  # noqa: E402
-    EvalError,
-    evaluate,
-    evaluate_coco,
-    evaluate_voc,
-    format_table,
-    read_voc_results,
-)
-from vggdet.evaluation.results import guess_voc_classes  # noqa: E402
-from vggdet.fileio import write_json  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Score detection results (VOC devkit files or COCO JSON).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--voc-root", help="a VOC2007-style folder (Annotations/, ImageSets/Main/)")
-    src.add_argument("--coco-ann", help="COCO instances JSON (ground truth)")
-    p.add_argument("--results", required=True, help="VOC: folder of comp4_det_<split>_<class>.txt; COCO: JSON")
-    p.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>.txt)")
-    p.add_argument("--metric", choices=["voc07", "voc10", "coco"], default=None,
-                   help="default: voc07 with --voc-root, coco with --coco-ann")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated VOC class names, or 'auto' (from the XML files); default: from the "
-                        "results file names (the 20 VOC classes when all of them are VOC classes)")
-    p.add_argument("--iou", type=float, default=0.5, help="VOC IoU threshold (a match needs IoU > this)")
-    p.add_argument("--out", help="write the metrics as JSON here")
-    p.add_argument("--plot", help="VOC: save per-class precision-recall curves (PNG) in this folder")
-    return p.parse_args(argv)
-
-
-def run_voc(args: argparse.Namespace) -> dict:
-    from vggdet.data.voc import VOCDetection
-
-    if args.classes is None:
-        classes = guess_voc_classes(args.results, args.split)
-    else:
-        classes = args.classes if args.classes == "auto" else [c.strip() for c in args.classes.split(",")]
-    ds = VOCDetection(args.voc_root, args.split, classes=classes)
-    dets = read_voc_results(args.results, args.split, ds.classes, ds.image_ids)
-    metric = args.metric or "voc07"
-    if metric == "coco":
-        return evaluate(ds, [dets.get(str(i), _EMPTY) for i in ds.image_ids], "coco")
-    metrics = evaluate_voc(ds, dets, ds.classes, metric, args.iou, return_curves=bool(args.plot))
-    if args.plot:
-        from vggdet.evaluation.plot import plot_pr_curves
-
-        paths = plot_pr_curves(metrics["curves"], args.plot, metrics)
-        print(f"saved {len(paths)} precision-recall plot(s) to {args.plot}")
-    metrics.pop("curves", None)
-    return metrics
-
-
-_EMPTY = {"boxes": [], "labels": [], "scores": []}
-
-
-def run_coco(args: argparse.Namespace) -> dict:
-    from vggdet.data.coco import load_coco
-
-    if args.metric not in (None, "coco"):
-        raise EvalError(f"--coco-ann: only --metric coco is supported, got {args.metric}")
-    return evaluate_coco(load_coco(args.coco_ann), args.results)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        metrics = run_voc(args) if args.voc_root else run_coco(args)
-        print(format_table(metrics))
-        if args.out:
-            write_json(args.out, metrics)
-    except (ValueError, OSError) as e:  # EvalError, DataError and friends are ValueErrors
-        print(f"eval_det.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
-
+from vggdet.cli.eval import main
 
 if __name__ == "__main__":
     sys.exit(main())

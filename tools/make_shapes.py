@@ -1,29 +1,10 @@
-"""Generate the shapes detection dataset: python tools/make_shapes.py --out DIR --format voc --num 500."""
-from __future__ import annotations
+"""Generate the shapes dataset: python tools/make_shapes.py --out DIR --format voc --num 500.
 
-import argparse
+The code is in vggdet/cli/shapes.py (also installed as `vggdet-shapes`);
+`python tools/make_shapes.py --help` lists the flags."""
 import sys
 
-from vggdet.data.shapes import make_shapes
-
-
-def main(argv: list | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
-    p.add_argument("--format", choices=["voc", "coco"], default="voc")
-    p.add_argument("--num", type=int, default=500, help="total images; 80%% trainval, 20%% test")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    num_test = max(1, a.num // 5)
-    try:
-        out = make_shapes(a.out, a.format, a.num - num_test, num_test, a.size, a.seed)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {a.num - num_test} trainval + {num_test} test images ({a.format}) to {out}")
-    return 0
-
+from vggdet.cli.shapes import main
 
 if __name__ == "__main__":
     sys.exit(main())

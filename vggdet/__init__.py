@@ -11,7 +11,7 @@ def __getattr__(name):  # lazy, so `import vggdet` for configs does not import t
 
         return build_detector
     if name == "Detector":
-        from vggdet.api import Detector
+        from vggdet.predictor import Detector
 
         return Detector
     raise AttributeError(name)

@@ -1,29 +1,73 @@
-"""Checkpoints: plain dicts of tensors and Python values, safe for `torch.load(weights_only=True)`.
+"""Checkpoints, the one owner of their schema: writing, the work folder's rotation, resume, and old files.
 
-`{"model": state_dict, "config": cfg.to_dict(), "classes": [...], ...}`; training adds optimizer,
-scheduler, scaler, epoch/iteration and RNG states. Writes are atomic: a temp file in the same folder,
-fsync, then os.replace, so a kill mid-save never leaves a torn file under the final name.
+A checkpoint is a plain dict, safe for `torch.load(weights_only=True)` (format 2):
+
+    format_version  int, FORMAT_VERSION when written
+    model           the model's state_dict
+    config          Config.to_dict() (the embedded config: tools need nothing else)
+    classes         class names, label k -> classes[k - 1]
+    svd             {"fc6": {"rank": r}, ...} after tools/compress_svd.py
+    training state  optimizer, scheduler, scaler, epoch, iteration, iter_in_epoch, best_map, rng
+                    (training checkpoints only; `weights_only()` drops the optimizer's part)
+
+A bare state_dict loads as {"model": it}. Files written by older versions are upgraded on load by
+MIGRATIONS (renamed config keys: the table in vggdet/config.py), so every tool reads them and gives the same
+detections (tests/test_checkpoint.py, on a file written before format 2). Writes are atomic: a temp file in
+the same folder, fsync, then os.replace, so a kill mid-save never leaves a torn file under the final name.
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import Optional
 
 import torch
 
-from vggdet.config import Config, apply_overrides, load_config
+from vggdet.config import Config, apply_overrides, load_config, migrate_dict
 from vggdet.fileio import atomic_write
+
+__all__ = ["CheckpointError", "FORMAT_VERSION", "TRAINING_KEYS", "make_checkpoint", "save_checkpoint",
+           "load_checkpoint", "weights_only", "config_from_checkpoint", "load_model_state", "load_detector",
+           "CheckpointDir"]
+
+FORMAT_VERSION = 2
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "iteration", "iter_in_epoch", "best_map", "rng")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+def _v1_to_v2(ckpt: dict, path: str) -> dict:
+    """Format 1 (vggdet 0.1.0): runtime keys lived in `train` / `test` (see config.RENAMED)."""
+    if "config" in ckpt:
+        ckpt["config"] = migrate_dict(ckpt["config"], path, warn=False)
+    ckpt.pop("vggdet_version", None)
+    return ckpt
+
+
+# version -> the function that upgrades a checkpoint of that version by one step
+MIGRATIONS = {1: _v1_to_v2}
+
+
+def make_checkpoint(model: torch.nn.Module, cfg: Config, classes: list, training: Optional[dict] = None) -> dict:
+    """The checkpoint dict for `model`; `training` holds the TRAINING_KEYS of a resumable checkpoint."""
+    ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": cfg.to_dict(),
+            "classes": list(classes)}
+    if training:
+        unknown = sorted(set(training) - set(TRAINING_KEYS))
+        if unknown:
+            raise KeyError(f"not part of the checkpoint schema: {unknown}")
+        ckpt.update(training)
+    return ckpt
+
+
+def save_checkpoint(path: str, ckpt: dict) -> None:
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint (any format version) and upgrade it to FORMAT_VERSION."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -34,7 +78,21 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"{path}: not a vggdet checkpoint (expected a dict)")
     if "model" not in ckpt:  # a bare state_dict
         ckpt = {"model": ckpt}
+    version = ckpt.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this vggdet reads "
+                              f"({FORMAT_VERSION}); upgrade vggdet")
+    while version < FORMAT_VERSION:
+        ckpt = MIGRATIONS[version](ckpt, path)
+        version += 1
+    ckpt["format_version"] = FORMAT_VERSION
     return ckpt
+
+
+def weights_only(ckpt: dict) -> dict:
+    """A copy without optimizer, scheduler and scaler state, which no longer fit once the weights change
+    shape (SVD); epoch and iteration stay as a record of where the weights came from."""
+    return {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
 
 
 def config_from_checkpoint(ckpt: dict, path: str, config_path: Optional[str] = None,
@@ -54,3 +112,57 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model config (missing {list(missing)[:3]}, "
                               f"unexpected {list(unexpected)[:3]}); wrong CONFIG or num_classes?")
+
+
+def load_detector(path: str, config: Optional[str] = None, overrides: Optional[list] = None) -> tuple:
+    """(model on the CPU in train mode, Config, class names) from a checkpoint (+ optional CONFIG file)."""
+    from vggdet.model.detector import build_detector
+
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, path, config, overrides)
+    model = build_detector(cfg, load_weights=False)
+    load_model_state(model, ckpt["model"], path)
+    classes = ckpt.get("classes") or [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
+    return model, cfg, list(classes)
+
+
+class CheckpointDir:
+    """A training run's checkpoints in `work_dir`: latest.pth, best.pth and the last `keep_last` epoch_N.pth."""
+
+    def __init__(self, work_dir: str, keep_last: int):
+        self.work_dir, self.keep_last = work_dir, keep_last
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.work_dir, name)
+
+    def save_latest(self, ckpt: dict) -> str:
+        """latest.pth, and epoch_N.pth (rotated) when the checkpoint ends an epoch."""
+        path = self.path("latest.pth")
+        save_checkpoint(path, ckpt)
+        if self.keep_last > 0 and not ckpt.get("iter_in_epoch"):
+            save_checkpoint(self.path(f"epoch_{ckpt['epoch']}.pth"), ckpt)
+            epochs = sorted(glob.glob(self.path("epoch_*.pth")), key=lambda p: int(p.rsplit("_", 1)[1][:-4]))
+            for old in epochs[: -self.keep_last]:
+                os.unlink(old)
+        return path
+
+    def save_best(self, ckpt: dict) -> str:
+        save_checkpoint(self.path("best.pth"), ckpt)
+        return self.path("best.pth")
+
+    def resume_path(self, resume: str) -> Optional[str]:
+        """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet."""
+        if resume != "auto":
+            return resume
+        path = self.path("latest.pth")
+        return path if os.path.isfile(path) else None
+
+    @staticmethod
+    def load_for_resume(path: str) -> dict:
+        """A checkpoint that holds the training state; a weights-only one is a clear error."""
+        ckpt = load_checkpoint(path)
+        missing = [k for k in ("optimizer", "scheduler", "epoch", "rng") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume from it (no {', '.join(missing)}); "
+                                  "it holds weights only — use it for tools/test_det.py or tools/infer.py")
+        return ckpt

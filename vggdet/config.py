@@ -19,10 +19,12 @@ import json
 import os
 import runpy
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "apply_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "apply_overrides", "migrate_dict",
+           "RENAMED"]
 
 
 class ConfigError(ValueError):
@@ -75,7 +77,7 @@ class RoIHeadConfig:
     bg_iou_lo: float = 0.0  # 0.1 in the original Fast R-CNN
     bbox_stds: list = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     sigma: float = 1.0
-    score_thresh: float = 0.05
+    score_thresh: float = 0.05  # detections below are dropped before NMS (`runtime.score_thresh` overrides)
     nms_thresh: float = 0.3
     detections_per_img: int = 100
 
@@ -155,11 +157,7 @@ class TrainConfig:
     bias_lr_factor: float = 1.0  # the original Caffe recipe: 2.0
     bias_decay: bool = True  # the original Caffe recipe: False
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    amp: bool = False
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"
-    channels_last: bool = False
     seed: int = 0
-    device: str = "auto"
     log_interval: int = 20
     eval_interval: int = 1  # epochs; 0 = only at the end
     checkpoint_interval: int = 1  # epochs
@@ -172,8 +170,24 @@ class TestConfig:
     metric: Literal["voc07", "voc10", "coco"] = "voc07"
     iou_thresh: float = 0.5
     batch_size: int = 1
-    score_thresh: Optional[float] = None  # None = model.roi_head.score_thresh
-    winograd: bool = True  # CPU inference runs the wide 3x3 convs by Winograd F(4x4,3x3); False = oneDNN
+
+
+@dataclass
+class RuntimeConfig:
+    """How a model runs (training, testing and inference alike), not what it is: None = automatic,
+    True / False = forced. Tools' --device / --amp flags set these keys."""
+
+    device: Optional[str] = None  # None (or "auto") = cuda when available, else cpu; "cpu", "cuda", "cuda:N"
+    # Mixed precision: autocast to amp_dtype; None = float16 on CUDA (with a GradScaler in training),
+    # bfloat16 on the CPU. The same rule in training, testing and inference.
+    amp: bool = False
+    amp_dtype: Optional[Literal["float16", "bfloat16"]] = None
+    # NHWC conv input; None = for CPU inference and CUDA autocast (see FasterRCNN._channels_last).
+    channels_last: Optional[bool] = None
+    # Winograd F(4x4,3x3) for the wide 3x3 convs; None = CPU fp32 inference (vggdet/model/winograd.py).
+    winograd: Optional[bool] = None
+    # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
+    score_thresh: Optional[float] = None
 
 
 @dataclass
@@ -182,6 +196,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     name: str = "vggdet"  # work_dirs/<name> by default; load_config sets it to the file's stem
     source: Optional[str] = None  # the file this config came from
 
@@ -190,8 +205,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> Config:
+        """A config from a nested dict, e.g. a checkpoint's (renamed keys migrated without a warning)."""
         cfg = cls()
-        _merge(cfg, d, prefix="", source=source)
+        _merge(cfg, d, source=source, warn=False)
         return cfg
 
     def dump(self, fmt: Literal["py", "json"] = "py") -> str:
@@ -211,6 +227,61 @@ class Config:
         return obj
 
 
+# ------------------------------------------------------------------------------------ renamed keys
+def _same(v: Any) -> Any:
+    return v
+
+
+# Renamed or moved keys: old dotted key -> (new key, value conversion). Config files and --set items that
+# use an old key keep working for one version with a FutureWarning (the deprecation warning Python shows
+# users by default); checkpoints written before the
+# key moved are migrated silently on load (vggdet/checkpoint.py). Add a row when a key moves.
+RENAMED = {
+    "train.device": ("runtime.device", _same),
+    "train.amp": ("runtime.amp", _same),
+    "train.amp_dtype": ("runtime.amp_dtype", lambda v: None if v == "float16" else v),  # float16 was CUDA's
+    "train.channels_last": ("runtime.channels_last", lambda v: True if v else None),  # False meant auto
+    "test.winograd": ("runtime.winograd", lambda v: None if v else False),  # True meant auto
+    "test.score_thresh": ("runtime.score_thresh", _same),
+}
+
+
+def _renamed(dotted: str, value: Any, source: str, warn: bool) -> tuple:
+    """(dotted, value) with a renamed key mapped to its new name and meaning."""
+    if dotted not in RENAMED:
+        return dotted, value
+    new, convert = RENAMED[dotted]
+    if warn:
+        warnings.warn(f"{source}: config key '{dotted}' is deprecated; use '{new}' (see vggdet/config.py)",
+                      FutureWarning, stacklevel=2)
+    return new, convert(value)
+
+
+def migrate_dict(d: dict, source: str, warn: bool = True) -> dict:
+    """A nested config dict with every renamed key moved to its new place (a new dict; `d` is unchanged)."""
+    out: dict = {}
+    for dotted, value in _flatten(d):
+        dotted, value = _renamed(dotted, value, source, warn)
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> list:
+    """Nested dict -> [(dotted key, leaf value)]; a dict value under a renamed key is still a leaf."""
+    items = []
+    for k, v in d.items():
+        dotted = prefix + str(k)
+        if isinstance(v, dict) and v and dotted not in RENAMED:
+            items += _flatten(v, dotted + ".")
+        else:
+            items.append((dotted, v))
+    return items
+
+
 # --------------------------------------------------------------------------------------------- loading
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> Config:
     """Defaults <- config file <- `key=value` overrides, all validated."""
@@ -225,7 +296,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
         except Exception as e:
             raise ConfigError(f"{path}: cannot execute config file: {type(e).__name__}: {e}") from e
         sections = {k: v for k, v in ns.items() if not k.startswith("_") and not _is_import(v)}
-        _merge(cfg, sections, prefix="", source=path)
+        _merge(cfg, sections, source=path, warn=True)
         if "name" not in sections:
             cfg.name = os.path.splitext(os.path.basename(path))[0]
         cfg.source = path
@@ -236,7 +307,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
 def apply_overrides(cfg: Config, overrides: list) -> None:
     """Apply `--set` items ("a.b=1", ...) to `cfg` in place, checking keys and types."""
     for key, value in parse_overrides(overrides).items():
-        set_key(cfg, key, value, source="--set")
+        set_key(cfg, *_renamed(key, value, "--set", warn=True), source="--set")
 
 
 def parse_overrides(items: list) -> dict:
@@ -251,13 +322,43 @@ def parse_overrides(items: list) -> dict:
 
 
 def set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
-    parts = dotted.split(".")
+    """Set one dotted key (a section takes a dict of its keys), checking the key and the value's type."""
     obj: Any = cfg
-    for i, part in enumerate(parts[:-1]):
-        obj = _child(obj, part, ".".join(parts[: i + 1]), source)
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        _check_key(obj, part, ".".join(parts[: i + 1]), source)
+        if i == len(parts) - 1:
+            break
+        obj = getattr(obj, part)
         if not dataclasses.is_dataclass(obj):
             raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
-    _assign(obj, parts[-1], value, dotted, source)
+    current = getattr(obj, parts[-1])
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{dotted}' is a section; give a dict, got {value!r}")
+        for name, v in value.items():
+            set_key(cfg, f"{dotted}.{name}", v, source)
+        return
+    hint = typing.get_type_hints(type(obj))[parts[-1]]
+    setattr(obj, parts[-1], _check(value, hint, dotted, source))
+
+
+def _merge(cfg: Config, values: dict, source: str, warn: bool) -> None:
+    """Apply a nested dict of sections (a config file's namespace, a checkpoint's config)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: the config must be a dict of sections, got {type(values).__name__}")
+    for dotted, value in _flatten(values):
+        set_key(cfg, *_renamed(dotted, value, source, warn), source=source)
+
+
+def _check_key(obj: Any, name: str, dotted: str, source: str) -> None:
+    """The one unknown-key check: `name` must be a field of the section `obj`."""
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: unknown config key '{dotted}'{hint}")
 
 
 def _parse_value(text: str) -> Any:
@@ -275,47 +376,6 @@ def _parse_value(text: str) -> Any:
 
 def _is_import(v: Any) -> bool:
     return isinstance(v, type(os)) or callable(v)
-
-
-def _child(obj: Any, name: str, dotted: str, source: str) -> Any:
-    names = [f.name for f in dataclasses.fields(obj)]
-    if name not in names:
-        raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(name, names, dotted)}")
-    return getattr(obj, name)
-
-
-def _suggest(name: str, names: list, dotted: str) -> str:
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    if not close:
-        return ""
-    prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
-    return f" (did you mean '{prefix}{close[0]}'?)"
-
-
-def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a dict of keys, got {type(values).__name__}")
-    for name, value in values.items():
-        dotted = prefix + name
-        child = _child(obj, name, dotted, source)
-        if dataclasses.is_dataclass(child) and isinstance(value, dict):
-            _merge(child, value, dotted + ".", source)
-        else:
-            _assign(obj, name, value, dotted, source)
-
-
-def _assign(obj: Any, name: str, value: Any, dotted: str, source: str) -> None:
-    names = [f.name for f in dataclasses.fields(obj)]
-    if name not in names:
-        raise ConfigError(f"{source}: unknown config key '{dotted}'{_suggest(name, names, dotted)}")
-    current = getattr(obj, name)
-    if dataclasses.is_dataclass(current):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{dotted}' is a section; give a dict, got {value!r}")
-        _merge(current, value, dotted + ".", source)
-        return
-    hint = typing.get_type_hints(type(obj))[name]
-    setattr(obj, name, _check(value, hint, dotted, source))
 
 
 def _check(value: Any, hint: Any, dotted: str, source: str) -> Any:

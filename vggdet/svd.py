@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vggdet.checkpoint import load_checkpoint, save_checkpoint
+from vggdet.checkpoint import load_checkpoint, save_checkpoint, weights_only
 
 __all__ = ["SVDError", "compress_fc", "compress_checkpoint"]
 
@@ -87,7 +87,7 @@ def compress_checkpoint(path: str, rank_fc6: Optional[int], rank_fc7: Optional[i
                                             / torch.linalg.matrix_norm(weight.double()).clamp(min=1e-30))}
     if not summary:
         raise SVDError("nothing to compress: give --rank-fc6 and/or --rank-fc7")
-    new = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
+    new = weights_only(ckpt)  # the optimizer state no longer fits the factored layers
     new["model"], new["config"] = state, cfg
     new["svd"] = {k: {"rank": v["rank"]} for k, v in summary.items()}
     save_checkpoint(out, new)

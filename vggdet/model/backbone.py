@@ -11,9 +11,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from vggdet.model.winograd import conv3x3 as winograd_conv3x3
-from vggdet.model.winograd import usable as winograd_usable
-
 # VGG16 "D" layout; "M" = 2x2 max-pool. The final "M" (pool5) is dropped: RoI pooling replaces it.
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 STRIDE = 16
@@ -67,22 +64,8 @@ class VGG16Backbone(nn.Module):
                 layer.eval()
         return self
 
-    def forward(self, x: Tensor, winograd: bool = False) -> Tensor:
-        """`winograd`: run the wide 3x3 convs (and their ReLU) by `winograd.conv3x3` where it applies."""
-        if not winograd:
-            return self.body(x)
-        layers = list(self.body)
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if winograd_usable(layer, x):
-                relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-                x = winograd_conv3x3(x, layer, relu=relu)
-                i += 2 if relu else 1
-            else:
-                x = layer(x)
-                i += 1
-        return x
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
 
 
 def load_vgg16_state_dict(weights: str) -> dict:

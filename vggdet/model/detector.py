@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from vggdet.config import Config
+from vggdet.model import winograd
 from vggdet.model.backbone import VGG16Backbone, load_backbone_weights, load_vgg16_state_dict
 from vggdet.model.roi_head import RoIHead
 from vggdet.model.rpn import RPN
@@ -21,6 +22,12 @@ class FasterRCNN(nn.Module):
     and "proposals": [P,4] in external-proposals mode}, in input-image pixels.
     Returns the loss dict in training, else per image {"boxes" [D,4], "labels" [D], "scores" [D]} in
     input-image pixels.
+
+    `winograd` (None = auto, True = on, False = off) is applied by `train()` / `eval()`: `eval()` converts
+    the wide 3x3 convs to `winograd.WinogradConv2d` (vggdet/model/winograd.py) when it is True, or None
+    with the parameters on the CPU; `train()` and False restore the plain convs. To change it later, set
+    it and call `eval()` again (`model.winograd = False; model.eval()`). A converted model moved to a GPU
+    stays correct (the converted convs fall back to the regular conv there), as do grad and autocast.
     """
 
     def __init__(self, transform: InputTransform, backbone: VGG16Backbone, rpn: Optional[RPN], roi_head: RoIHead):
@@ -29,6 +36,7 @@ class FasterRCNN(nn.Module):
         # Memory format of the conv input: True / False force it; None = auto (see `_channels_last`).
         self.channels_last: Optional[bool] = None
         # Winograd F(4x4,3x3) for the wide 3x3 convs: True / False force it; None = auto (CPU inference).
+        # Takes effect at the next `eval()` / `train()` (see `train`).
         self.winograd: Optional[bool] = None
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict]] = None,
@@ -39,11 +47,10 @@ class FasterRCNN(nn.Module):
         gt = [self._scale_target(t, s) for t, s in zip(targets, scales)] if self.training else None
         if self._channels_last(batch):
             batch = batch.contiguous(memory_format=torch.channels_last)
-        winograd = self._winograd(batch)
-        features = self.backbone(batch, winograd=winograd)
+        features = self.backbone(batch)
         if self.rpn is not None:
             rois, losses = self.rpn(features, sizes, [(sx + sy) / 2 for sx, sy in scales],
-                                    [t["boxes"] for t in gt] if gt is not None else None, winograd=winograd)
+                                    [t["boxes"] for t in gt] if gt is not None else None)
         else:
             rois, losses = self._external(proposals, gt, sizes, scales), {}
         detections, head_losses = self.roi_head(features, rois, sizes, gt)
@@ -62,13 +69,18 @@ class FasterRCNN(nn.Module):
             return not self.training
         return batch.device.type == "cuda" and torch.is_autocast_enabled("cuda")
 
-    def _winograd(self, batch: Tensor) -> bool:
-        """Auto: on for CPU inference, where it makes conv2_1..conv5_3 and the RPN conv 1.1-2.3x faster
-        than oneDNN (see vggdet/model/winograd.py); GPUs get Winograd from cuDNN already. Each conv
-        still checks that it applies (float32, no grad, no autocast, 3x3)."""
-        if self.winograd is not None:
-            return self.winograd
-        return batch.device.type == "cpu" and not self.training
+    def train(self, mode: bool = True) -> FasterRCNN:
+        """Also applies `winograd`: on for CPU inference, where conv2_1..conv5_3 and the RPN conv run
+        1.1-2.3x faster than on oneDNN; GPUs get Winograd from cuDNN already. Training reverts it."""
+        super().train(mode)
+        if not mode and (self.winograd is True or (self.winograd is None and self._on_cpu())):
+            winograd.convert(self)
+        else:
+            winograd.revert(self)
+        return self
+
+    def _on_cpu(self) -> bool:
+        return next(self.parameters()).device.type == "cpu"
 
     @staticmethod
     def _scale_target(t: dict, scale: tuple) -> dict:
@@ -125,7 +137,7 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
                   post_nms_top_n=(r.post_nms_top_n_train, r.post_nms_top_n_test), nms_thresh=r.nms_thresh,
                   min_size=r.min_size, sigma=r.sigma)
     h = m.roi_head
-    score_thresh = cfg.test.score_thresh if cfg.test.score_thresh is not None else h.score_thresh
+    score_thresh = cfg.runtime.score_thresh if cfg.runtime.score_thresh is not None else h.score_thresh
     roi_head = RoIHead(in_channels=backbone.out_channels, num_classes=m.num_classes, pool=h.pool,
                        pool_size=h.pool_size, spatial_scale=1.0 / backbone.stride, sampling_ratio=h.sampling_ratio,
                        fc_dim=h.fc_dim, fc6_rank=h.fc6_rank, fc7_rank=h.fc7_rank, dropout=h.dropout,
@@ -138,6 +150,6 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
         fc7 = roi_head.fc7 if isinstance(roi_head.fc7, nn.Linear) else None
         load_backbone_weights(backbone, fc6, fc7, sd, source=m.backbone.weights)
     model = FasterRCNN(transform, backbone, rpn, roi_head)
-    model.channels_last = True if cfg.train.channels_last else None  # False in the config = auto
-    model.winograd = None if cfg.test.winograd else False  # True in the config = auto
+    model.channels_last = cfg.runtime.channels_last  # None = auto, True / False = forced
+    model.winograd = cfg.runtime.winograd
     return model

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from vggdet.model.boxes import BoxCoder, base_anchors, grid_anchors, match, sample_balanced, smooth_l1
-from vggdet.model.winograd import conv3x3 as winograd_conv3x3
-from vggdet.model.winograd import usable as winograd_usable
 
 
 class RPN(nn.Module):
@@ -54,17 +52,13 @@ class RPN(nn.Module):
         return self._anchor_cache[key]
 
     def forward(self, features: Tensor, image_sizes: list[tuple[int, int]], scales: list[float],
-                gt_boxes: Optional[list[Tensor]] = None, winograd: bool = False) -> tuple[list[Tensor], dict]:
-        """features [N,C,h,w]; image_sizes (h, w) after resize; scales: resize factors (for min_size);
-        winograd: run the 3x3 conv by `winograd.conv3x3` (CPU inference).
+                gt_boxes: Optional[list[Tensor]] = None) -> tuple[list[Tensor], dict]:
+        """features [N,C,h,w]; image_sizes (h, w) after resize; scales: resize factors (for min_size).
 
         Returns (proposals: N tensors [P,4] in network-input pixels, losses dict (training only)).
         """
         n, _, fh, fw = features.shape
-        if winograd and winograd_usable(self.conv, features):
-            x = winograd_conv3x3(features, self.conv, relu=True)
-        else:
-            x = F.relu(self.conv(features))
+        x = F.relu(self.conv(features))
         logits = self.cls_logits(x).permute(0, 2, 3, 1).reshape(n, -1)  # [N,T], order (h, w, a)
         deltas = self.bbox_pred(x).view(n, -1, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
         anchors = self.anchors(fh, fw)

@@ -10,13 +10,20 @@ stays on oneDNN: with 3 or 64 channels the tile transforms cost more than the mu
 
 Arithmetic: exact in real numbers; in float32 the relative error is ~1e-5 of the layer's output
 range (float64 reference in tests/test_perf.py), the same order as changing the summation order.
-Inference only (no autograd): used when the model is in eval mode, on CPU, in float32, without
-grad, and turned off with `test.winograd=False` / `model.winograd = False`. Memory: each conv caches
-its transformed weights, 36/9 = 4x its weights (~270 MB for VGG16 + RPN).
+
+Use: `convert(model)` swaps the eligible convs for `WinogradConv2d` modules (same parameters), which
+run `conv3x3` for float32 CPU tensors without grad or autocast and the regular conv otherwise;
+`revert(model)` undoes it. FasterRCNN does both from `eval()` / `train()` by its `winograd` switch.
+
+Memory: each converted conv caches its transformed weights, 36/9 = 4x the conv weights: 260 MiB for
+conv2_1..conv5_3 + the RPN conv (65 MiB of weights). Measured 2026-11-28 (AMD EPYC, 2 cores): process
+RSS after one eval-mode forward of the full-size model on a 1x3x600x800 input is 1876-1964 MiB with
+Winograd vs 1568-1603 MiB with `model.winograd = False` (3 fresh processes each), ~340 MiB more on
+average: the cache plus work memory the allocator keeps. `revert` (e.g. `model.train()`) frees the cache.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +42,18 @@ _KB = torch.kron(torch.tensor(_BT, dtype=torch.float64), torch.tensor(_BT, dtype
 _KA = torch.kron(torch.tensor(_AT, dtype=torch.float64), torch.tensor(_AT, dtype=torch.float64)).float()
 
 
-def usable(conv: nn.Module, x: Tensor) -> bool:
-    """Whether `conv(x)` can run here: a 3x3/stride-1/pad-1 conv on a float32 CPU tensor without grad."""
+def eligible(conv: nn.Module) -> bool:
+    """Whether `conv` is a 3x3/stride-1/pad-1 (zeros) Conv2d wide enough for Winograd to pay."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.in_channels >= MIN_IN and conv.out_channels >= MIN_OUT
-            and x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+            and conv.padding_mode == "zeros" and conv.in_channels >= MIN_IN and conv.out_channels >= MIN_OUT)
+
+
+def usable(conv: nn.Module, x: Tensor) -> bool:
+    """Whether `conv(x)` can run here: an `eligible` conv on a float32 [N,C,H,W] CPU tensor without grad."""
+    return (eligible(conv) and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def transformed_weight(conv: nn.Conv2d) -> Tensor:
@@ -122,3 +134,92 @@ def _store(tiles: Tensor, dst: Tensor, relu: bool) -> None:
         put(tiles[fh, :rh, :fw], dst[fh * M:, : fw * M].view(rh, fw, M, c))
         if rw:
             put(tiles[fh, :rh, fw, :rw], dst[fh * M:, fw * M:])
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A Conv2d (and the ReLU after it when `relu`) that runs by `conv3x3` wherever `usable` holds, and
+    as the plain conv (+ ReLU) otherwise: CUDA, grad, autocast, float64 stay correct.
+
+    Made by `convert` from an existing conv, whose Parameter objects it takes over: the state_dict
+    keys, an optimizer's parameter references and checkpoints do not change.
+    """
+
+    def __init__(self, *args, relu: bool = False, relu_inplace: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu, self.relu_inplace = relu, relu_inplace
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, relu: Optional[nn.ReLU] = None) -> WinogradConv2d:
+        """`conv` (with the fused `relu` module, if given) as a WinogradConv2d on the same parameters."""
+        new = cls(**_conv_args(conv), relu=relu is not None, relu_inplace=relu is not None and relu.inplace)
+        return _adopt(new, conv)
+
+    def to_conv(self) -> nn.Conv2d:
+        """The plain Conv2d on the same parameters (the transformed-weight cache stays behind)."""
+        return _adopt(nn.Conv2d(**_conv_args(self)), self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if usable(self, x):
+            return conv3x3(x, self, relu=self.relu)
+        y = super().forward(x)
+        return torch.nn.functional.relu(y, inplace=self.relu_inplace) if self.relu else y
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
+        # .to() / .half() replace the weight's data: drop the stale transform now rather than hold its memory
+        self.__dict__.pop("_winograd_cache", None)
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+
+def _conv_args(conv: nn.Conv2d) -> dict:
+    # built on the meta device: no memory for weights that `_adopt` replaces at once
+    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
+                stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+
+
+def _adopt(new: nn.Conv2d, old: nn.Conv2d) -> nn.Conv2d:
+    """`new` with `old`'s Parameter objects and train/eval mode."""
+    new.weight, new.bias = old.weight, old.bias
+    return new.train(old.training)
+
+
+def convert(model: nn.Module) -> int:
+    """Swap every `eligible` plain Conv2d of `model` for a WinogradConv2d, in place; returns how many.
+
+    Inside an nn.Sequential a Conv2d followed by nn.ReLU becomes one module with the ReLU fused (one
+    pass over the output instead of two) and the ReLU slot becomes nn.Identity, so indices and
+    state_dict keys stay. Already converted modules are left alone: converting twice is a no-op.
+    """
+    count = 0
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if type(child) is not nn.Conv2d or not eligible(child):  # exact type: subclasses are someone else's
+                continue
+            after = children[i + 1][1] if i + 1 < len(children) else None
+            if isinstance(parent, nn.Sequential) and type(after) is nn.ReLU:
+                setattr(parent, name, WinogradConv2d.from_conv(child, relu=after))
+                setattr(parent, children[i + 1][0], nn.Identity())
+            else:
+                setattr(parent, name, WinogradConv2d.from_conv(child))
+            count += 1
+    return count
+
+
+def revert(model: nn.Module) -> int:
+    """Undo `convert`: plain nn.Conv2d (and nn.ReLU) modules on the same parameters, weight caches
+    dropped; returns how many convs were restored."""
+    count = 0
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not isinstance(child, WinogradConv2d):
+                continue
+            setattr(parent, name, child.to_conv())
+            if child.relu and isinstance(children[i + 1][1], nn.Identity):  # `convert` put it in the ReLU's slot
+                setattr(parent, children[i + 1][0], nn.ReLU(inplace=child.relu_inplace))
+            count += 1
+    return count

@@ -1,18 +1,18 @@
-"""Training: optimiser, schedule, AMP, DDP, checkpoints with exact resume, logging, periodic mAP.
+"""The training loop: `Trainer(cfg, work_dir).fit()` — optimiser, LR schedule, AMP, DDP, exact resume.
 
-`train(cfg, work_dir)` is what tools/train_det.py calls. The loop per iteration reads like the paper:
-images -> model -> {loss_rpn_cls, loss_rpn_box, loss_cls, loss_box} -> sum -> SGD step.
+Each iteration reads like the paper: images -> model -> {loss_rpn_cls, loss_rpn_box, loss_cls, loss_box}
+-> sum -> SGD step. Checkpoints belong to vggdet/checkpoint.py, logging to vggdet/logger.py and evaluation
+to vggdet/dataset_eval.py; `fit()` decides what to save and when. `train(cfg, work_dir)` is what
+tools/train_det.py calls.
 """
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -21,26 +21,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vggdet import distributed as ddp
-from vggdet.api import resolve_device
-from vggdet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vggdet.checkpoint import CheckpointDir, make_checkpoint
 from vggdet.config import Config, ConfigError
 from vggdet.data import DataError, build_dataloader, build_dataset
+from vggdet.dataset_eval import evaluate_model
+from vggdet.errors import Interrupted, TrainingError
 from vggdet.evaluation import format_table
 from vggdet.fileio import atomic_write, write_json
+from vggdet.logger import RunLogger
 from vggdet.model.detector import build_detector
-from vggdet.predict import amp_context, evaluate_model
-
-
-class TrainingError(RuntimeError):
-    """A run that must stop (NaN loss, out of memory); the message says why and what to try."""
-
-
-class Interrupted(Exception):
-    """SIGINT / SIGTERM arrived: latest.pth was saved; `exit_code` is 130 or 143."""
-
-    def __init__(self, signum: int, path: Optional[str]):
-        super().__init__(f"stopped by {signal.Signals(signum).name}: saved {path}; continue with --resume auto")
-        self.exit_code = 128 + signum
+from vggdet.runtime import amp_dtype, autocast, resolve_device
 
 
 def check_data(cfg: Config) -> None:
@@ -130,122 +120,82 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------------------------------- the trainer
 class Trainer:
-    def __init__(self, cfg: Config, work_dir: str, device: str = "auto", amp: Optional[bool] = None):
+    """Everything a run needs, built at construction: data, model, optimiser, schedule, scaler, DDP."""
+
+    def __init__(self, cfg: Config, work_dir: str):
         self.cfg, self.work_dir = cfg, work_dir
-        self.device = ddp.local_device(resolve_device(device if device != "auto" else cfg.train.device))
+        self.device = ddp.local_device(resolve_device(cfg.runtime.device))
         self.distributed = ddp.setup_distributed(self.device)
         self.main = ddp.is_main()
-        use_amp = cfg.train.amp if amp is None else amp
-        if use_amp and self.device.type != "cuda":
-            self.log_text("notice: --amp needs CUDA; training in fp32 on the CPU")
-            use_amp = False
-        self.amp_dtype = cfg.train.amp_dtype if use_amp else None
+        self.dtype = amp_dtype(cfg.runtime, self.device)
         self.state = State()
         self.stop_signal: Optional[int] = None
-
-    # -------------------------------------------------------------------------------------- logging
-    def log_text(self, msg: str) -> None:
-        if ddp.is_main():
-            tqdm.write(msg)
-
-    def log_json(self, record: dict) -> None:
-        if not self.main:
-            return
-        with open(os.path.join(self.work_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("iter", "epoch"):
-                    self.tb.add_scalar(f"{record.get('mode', 'train')}/{k}", v, record.get("iter", 0))
-
-    # ---------------------------------------------------------------------------------------- setup
-    def setup(self) -> None:
-        cfg = self.cfg
         seed_everything(cfg.train.seed + ddp.rank())
         self.train_set = build_dataset(cfg, "train")
-        if len(self.train_set.classes) != cfg.model.num_classes:
-            raise ConfigError(f"{cfg.source}: model.num_classes={cfg.model.num_classes} but the training data "
-                              f"has {len(self.train_set.classes)} classes; set model.num_classes="
-                              f"{len(self.train_set.classes)}")
         self.classes = list(self.train_set.classes)
+        if len(self.classes) != cfg.model.num_classes:
+            raise ConfigError(f"{cfg.source}: model.num_classes={cfg.model.num_classes} but the training data "
+                              f"has {len(self.classes)} classes; set model.num_classes={len(self.classes)}")
         self.loader = build_dataloader(cfg, "train", self.distributed, dataset=self.train_set)
-        self.test_loader = None
+        self.test_loader = None  # built at the first evaluation
         self.iters_per_epoch = len(self.loader)
-        model = build_detector(cfg).to(self.device)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = build_detector(cfg).to(self.device)
+        if cfg.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         total_batch = cfg.data.batch_size * ddp.world_size()
-        self.optimizer = build_optimizer(cfg, model, total_batch)
+        self.optimizer = build_optimizer(cfg, self.model, total_batch)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.iters_per_epoch)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == "float16")
-        self.ddp_model = (DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
-                                                  else None, find_unused_parameters=False)
-                          if self.distributed else model)
-        self.tb = None
+        # fp16 needs loss scaling; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda")
+        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                                  else None) if self.distributed else self.model)
         if self.main:
-            os.makedirs(self.work_dir, exist_ok=True)
-            atomic_write(os.path.join(self.work_dir, "config.py"), lambda f: f.write(cfg.dump().encode()))
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(self.work_dir, "tb"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
-        self.log_text(f"training {cfg.name}: {len(self.train_set)} images, {len(self.classes)} classes, "
+            os.makedirs(work_dir, exist_ok=True)
+        self.log = RunLogger(work_dir, enabled=self.main)
+        self.checkpoints = CheckpointDir(work_dir, cfg.train.keep_last)
+        amp = f"; amp {str(self.dtype).replace('torch.', '')}" if self.dtype else ""
+        self.log.text(f"training {cfg.name}: {len(self.train_set)} images, {len(self.classes)} classes, "
                       f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs on {self.device}"
                       f"{' x' + str(ddp.world_size()) if self.distributed else ''}; lr {cfg.train.lr} x total batch "
-                      f"{total_batch} = {cfg.train.lr * total_batch:g} (linear scaling)"
-                      f"{'; amp ' + self.amp_dtype if self.amp_dtype else ''}")
+                      f"{total_batch} = {cfg.train.lr * total_batch:g} (linear scaling){amp}")
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def checkpoint_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "classes": self.classes,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.state.epoch, "iteration": self.state.iteration,
-                "iter_in_epoch": self.state.iter_in_epoch, "best_map": self.state.best_map,
-                "rng": rng_state(), "vggdet_version": 1}
+    def checkpoint(self) -> dict:
+        training = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": rng_state(), **asdict(self.state)}
+        return make_checkpoint(self.model, self.cfg, self.classes, training)
 
-    def save(self, name: str = "latest.pth") -> Optional[str]:
-        if not self.main:
-            return None
-        path = os.path.join(self.work_dir, name)
-        ckpt = self.checkpoint_dict()
-        save_checkpoint(path, ckpt)
-        if name == "latest.pth" and self.cfg.train.keep_last > 0 and self.state.iter_in_epoch == 0:
-            save_checkpoint(os.path.join(self.work_dir, f"epoch_{self.state.epoch}.pth"), ckpt)
-            for old in sorted(glob.glob(os.path.join(self.work_dir, "epoch_*.pth")),
-                              key=lambda p: int(p.rsplit("_", 1)[1][:-4]))[: -self.cfg.train.keep_last]:
-                os.unlink(old)
-        return path
+    def save_latest(self) -> Optional[str]:
+        return self.checkpoints.save_latest(self.checkpoint()) if self.main else None
 
-    def resume(self, path: str) -> None:
-        if path == "auto":
-            path = os.path.join(self.work_dir, "latest.pth")
-            if not os.path.isfile(path):
-                self.log_text(f"--resume auto: no {path} yet, starting from scratch")
-                return
-        ckpt = load_checkpoint(path)
-        missing = [k for k in ("optimizer", "scheduler", "epoch", "rng") if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{path}: cannot resume from it (no {', '.join(missing)}); "
-                                  "it holds weights only — use it for tools/test_det.py or tools/infer.py")
+    def resume(self, resume: str) -> None:
+        """Continue from a checkpoint path, or "auto" (latest.pth when there is one)."""
+        path = self.checkpoints.resume_path(resume)
+        if path is None:
+            self.log.text(f"--resume auto: no {self.checkpoints.path('latest.pth')} yet, starting from scratch")
+            return
+        ckpt = self.checkpoints.load_for_resume(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = State(ckpt["epoch"], ckpt["iteration"], ckpt.get("iter_in_epoch", 0), ckpt.get("best_map", -1.0))
         set_rng_state(ckpt["rng"])
-        self.log_text(f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.iteration}")
+        self.log.text(f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.iteration}")
 
     # ------------------------------------------------------------------------------------- the loop
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
 
     def fit(self) -> Optional[dict]:
+        """Train to `train.epochs`, evaluating every `train.eval_interval` epochs and at the end.
+
+        Writes latest.pth / epoch_N.pth per `train.checkpoint_interval`, best.pth on a new best mAP, and
+        metrics.json with the results files (results/) after the final evaluation. Returns the final
+        metrics on rank 0. SIGINT / SIGTERM save latest.pth and raise Interrupted.
+        """
         cfg = self.cfg
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        metrics = None
         try:
             while self.state.epoch < cfg.train.epochs and not self._done():
                 self.train_epoch()
@@ -257,22 +207,30 @@ class Trainer:
                 self.state.iter_in_epoch = 0
                 last = self.state.epoch >= cfg.train.epochs
                 if cfg.train.eval_interval and self.state.epoch % cfg.train.eval_interval == 0 and not last:
-                    metrics = self.evaluate()
+                    self._keep_best(self.evaluate())
                 if self.state.epoch % max(1, cfg.train.checkpoint_interval) == 0 or last:
-                    self.save()
+                    self.save_latest()
             if self.stop_signal is not None:
-                raise Interrupted(self.stop_signal, self.save())
+                raise Interrupted(self.stop_signal, self.save_latest())
             if self.state.iter_in_epoch:
-                self.save()
-            metrics = self.evaluate(final=True)
+                self.save_latest()
+            metrics = self.evaluate(os.path.join(self.work_dir, "results"))
+            self._keep_best(metrics)
+            if metrics is not None:
+                write_json(os.path.join(self.work_dir, "metrics.json"), metrics)
+            return metrics
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-        return metrics
 
     def _done(self) -> bool:
         m = self.cfg.train.max_iters
         return m is not None and self.state.iteration >= m
+
+    def _keep_best(self, metrics: Optional[dict]) -> None:
+        if metrics is not None and metrics["mAP"] > self.state.best_map:
+            self.state.best_map = metrics["mAP"]
+            self.checkpoints.save_best(self.checkpoint())
 
     def train_epoch(self) -> None:
         cfg, st = self.cfg, self.state
@@ -300,8 +258,8 @@ class Trainer:
             if count % cfg.train.log_interval == 0 or st.iter_in_epoch == total:
                 n = count % cfg.train.log_interval or cfg.train.log_interval
                 rec = {k: v / n for k, v in window.items()}
-                self.log_json({"mode": "train", "epoch": st.epoch + 1, "iter": st.iteration, "lr": lr,
-                               "loss": sum(rec.values()), **rec, "img_per_s": rate})
+                self.log.record({"mode": "train", "epoch": st.epoch + 1, "iter": st.iteration, "lr": lr,
+                                 "loss": sum(rec.values()), **rec, "img_per_s": rate})
                 window = {}
             if self.stop_signal is not None or self._done():
                 break
@@ -314,7 +272,7 @@ class Trainer:
         targets = [{k: v.to(dev, non_blocking=True) for k, v in t.items() if isinstance(v, torch.Tensor)}
                    for t in targets]
         try:
-            with amp_context(dev, self.amp_dtype):
+            with autocast(dev, self.dtype):
                 loss_dict = self.ddp_model(images, targets)
             loss = sum(loss_dict.values())
             values = torch.stack([v.detach().float() for v in loss_dict.values()]).cpu().tolist()
@@ -339,43 +297,40 @@ class Trainer:
         return dict(zip(loss_dict, values))
 
     # ------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, final: bool = False) -> Optional[dict]:
+    def evaluate(self, results_dir: Optional[str] = None) -> Optional[dict]:
+        """mAP on the test split (rank 0; None on other ranks), logged; writes nothing but `results_dir`."""
         cfg = self.cfg
         if self.test_loader is None:
             self.test_loader = build_dataloader(cfg, "test", self.distributed)
-        out_dir = os.path.join(self.work_dir, "results") if final and self.main else None
         metrics = evaluate_model(self.model, self.test_loader, self.device, cfg.test.metric, cfg.test.iou_thresh,
-                                 out_dir, self.amp_dtype)
+                                 results_dir if self.main else None, self.dtype)
         self.model.train()
         if metrics is None:
             return None
         metrics = {**metrics, "epoch": self.state.epoch, "iter": self.state.iteration}
-        self.log_text(f"\nevaluation after epoch {self.state.epoch} ({len(self.test_loader.dataset)} test images)\n"
+        self.log.text(f"\nevaluation after epoch {self.state.epoch} ({len(self.test_loader.dataset)} test images)\n"
                       + format_table(metrics))
-        self.log_json({"mode": "eval", "epoch": self.state.epoch, "iter": self.state.iteration,
-                       "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
-        if metrics["mAP"] > self.state.best_map:
-            self.state.best_map = metrics["mAP"]
-            save_checkpoint(os.path.join(self.work_dir, "best.pth"), self.checkpoint_dict())
-        if final:
-            write_json(os.path.join(self.work_dir, "metrics.json"), metrics)
+        self.log.record({"mode": "eval", "epoch": self.state.epoch, "iter": self.state.iteration,
+                         "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
         return metrics
 
 
-def train(cfg: Config, work_dir: str, resume: Optional[str] = None, device: str = "auto",
-          amp: Optional[bool] = None) -> Optional[dict]:
-    """Train per `cfg` in `work_dir`; returns the final metrics on rank 0 (None on other ranks).
+def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Optional[dict]:
+    """Train per `cfg` in `work_dir` (the resolved config goes to work_dir/config.py first); returns the
+    final metrics on rank 0 (None on other ranks). Device and AMP come from `cfg.runtime`.
 
     Raises Interrupted after saving latest.pth on SIGINT/SIGTERM, TrainingError on NaN loss or OOM.
     """
     check_data(cfg)
-    trainer = Trainer(cfg, work_dir, device, amp)
+    trainer = None
     try:
-        trainer.setup()
+        trainer = Trainer(cfg, work_dir)
+        if trainer.main:
+            atomic_write(os.path.join(work_dir, "config.py"), lambda f: f.write(cfg.dump().encode()))
         if resume:
             trainer.resume(resume)
         return trainer.fit()
     finally:
-        if trainer.main and getattr(trainer, "tb", None) is not None:
-            trainer.tb.close()
+        if trainer is not None:
+            trainer.log.close()
         ddp.cleanup()

@@ -1,0 +1,51 @@
+"""mAP of a checkpoint on its config's test split.
+
+    python tools/test_det.py CONFIG CHECKPOINT [--out DIR] [--device D] [--amp] [--set k=v ...]
+    python tools/test_det.py CHECKPOINT            # uses the config embedded in the checkpoint
+    torchrun --nproc_per_node N tools/test_det.py CHECKPOINT       # test images sharded across ranks
+
+Writes the VOC devkit results files (and COCO JSON for COCO data) and metrics.json into --out (default
+<checkpoint folder>/test) and prints the per-class table. Also installed as `vggdet-test`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+from vggdet.cli import add_runtime_arguments, add_set_argument, command, runtime_overrides, split_set_items
+
+
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="test_det.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="[CONFIG] CHECKPOINT")
+    p.add_argument("--out", help="results folder (default: <checkpoint folder>/test)")
+    add_runtime_arguments(p)
+    add_set_argument(p)
+    args = p.parse_args(split_set_items(argv))
+    if len(args.paths) > 2:
+        p.error("expected [CONFIG] CHECKPOINT")
+    args.config, args.checkpoint = args.paths if len(args.paths) == 2 else (None, args.paths[0])
+    return args
+
+
+@command
+def main(argv: Optional[list] = None) -> int:
+    args = parse_args(argv)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "test")
+    return report(args.checkpoint, args.config, runtime_overrides(args), out)
+
+
+def report(checkpoint: str, config: Optional[str], overrides: list, out: str) -> int:
+    """Evaluate, print the table, write the results files and metrics.json into `out` (rank 0)."""
+    from vggdet.dataset_eval import evaluate_checkpoint
+    from vggdet.evaluation import format_table
+    from vggdet.fileio import write_json
+
+    metrics = evaluate_checkpoint(checkpoint, config, overrides, results_dir=out)
+    if metrics is not None:
+        print(format_table(metrics))
+        write_json(os.path.join(out, "metrics.json"), {**metrics, "checkpoint": checkpoint})
+        print(f"results and metrics.json written to {out}")
+    return 0

@@ -1,0 +1,82 @@
+"""Dataset evaluation: run a model over a dataset's images and score the detections.
+
+What training's periodic evaluation and tools/test_det.py share: `predict_dataset` (model -> detections in
+dataset order, sharded across ranks under torchrun), `evaluate_model` (+ metrics) and
+`evaluate_checkpoint` (a checkpoint on its config's test split).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vggdet import distributed as ddp
+from vggdet.checkpoint import load_detector
+from vggdet.data import build_dataloader
+from vggdet.evaluation import evaluate
+from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
+
+__all__ = ["predict_dataset", "evaluate_model", "evaluate_checkpoint"]
+
+
+@torch.inference_mode()
+def predict_dataset(model: torch.nn.Module, loader, device: torch.device, dtype: Optional[torch.dtype] = None,
+                    progress: bool = True) -> Optional[list]:
+    """Detections for every image of `loader`'s dataset, as numpy dicts in dataset order, on rank 0.
+
+    `dtype`: autocast dtype (None = fp32). Under torch.distributed each rank runs its shard; rank 0
+    gathers (other ranks get None).
+    """
+    model.eval()
+    local: dict = {}
+    start, n = time.perf_counter(), 0
+    bar = tqdm(loader, desc="test", unit="batch", disable=not (progress and ddp.is_main()), dynamic_ncols=True)
+    for images, targets in bar:
+        images = [i.to(device, non_blocking=True) for i in images]
+        props = [t["proposals"].to(device) for t in targets] if "proposals" in targets[0] else None
+        with autocast(device, dtype):
+            dets = model(images, proposals=props) if props is not None else model(images)
+        for t, d in zip(targets, dets):
+            local[t["index"]] = detections_to_numpy(d)
+        n += len(images)
+        bar.set_postfix(img_s=f"{n / (time.perf_counter() - start):.1f}")
+    parts = ddp.gather_to_main(local)
+    if not ddp.is_main():
+        return None
+    merged = {k: v for p in parts for k, v in p.items()}
+    empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32)}
+    return [merged.get(i, empty) for i in range(len(loader.dataset))]
+
+
+def evaluate_model(model: torch.nn.Module, loader, device: torch.device, metric: str, iou_thresh: float,
+                   results_dir: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Optional[dict]:
+    """predict_dataset + vggdet.evaluation.evaluate; the metrics dict on rank 0, None elsewhere.
+
+    `results_dir`: where to write the devkit / COCO results files (see `evaluate`).
+    """
+    dets = predict_dataset(model, loader, device, dtype)
+    if dets is None:
+        return None
+    return evaluate(loader.dataset, dets, metric=metric, iou_thresh=iou_thresh, out_dir=results_dir)
+
+
+def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Optional[list] = None,
+                        results_dir: Optional[str] = None) -> Optional[dict]:
+    """Score checkpoint `path` on its config's test split: the metrics on rank 0, None on other ranks.
+
+    `config`: a config file instead of the embedded config; `overrides`: `key=value` items (device and
+    amp are `runtime.*` keys). Results files go to `results_dir` when given.
+    """
+    model, cfg, _ = load_detector(path, config, overrides)
+    device = ddp.local_device(resolve_device(cfg.runtime.device))
+    distributed = ddp.setup_distributed(device)
+    try:
+        loader = build_dataloader(cfg, "test", distributed)
+        model.to(device)
+        return evaluate_model(model, loader, device, cfg.test.metric, cfg.test.iou_thresh, results_dir,
+                              amp_dtype(cfg.runtime, device))
+    finally:
+        ddp.cleanup()

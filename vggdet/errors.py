@@ -1,0 +1,23 @@
+"""Exceptions that end a run, shared by the trainer and the command-line wrapper (vggdet/cli).
+
+Bad input everywhere is a ValueError subclass named for where it was found (ConfigError, DataError,
+EvalError, CheckpointError, WeightsError, SVDError): the tools report those as one line and exit 2.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+__all__ = ["TrainingError", "Interrupted"]
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (NaN loss, out of memory); the message says why and what to try."""
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived: latest.pth was saved; `exit_code` is 130 or 143."""
+
+    def __init__(self, signum: int, path: Optional[str]):
+        super().__init__(f"stopped by {signal.Signals(signum).name}: saved {path}; continue with --resume auto")
+        self.exit_code = 128 + signum
