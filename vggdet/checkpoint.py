@@ -70,10 +70,15 @@ def load_checkpoint(path: str) -> dict:
     """Read a checkpoint (any format version) and upgrade it to FORMAT_VERSION."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:4] != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or corrupt? ({type(e).__name__}: {why})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a vggdet checkpoint (expected a dict)")
     if "model" not in ckpt:  # a bare state_dict
@@ -108,10 +113,24 @@ def config_from_checkpoint(ckpt: dict, path: str, config_path: Optional[str] = N
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
+    """Copy `state` into `model`; a mismatch is one line naming the first bad key and the likely cause."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and hasattr(value, "shape") and value.shape != own[key].shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} in the checkpoint but "
+                                  f"{tuple(own[key].shape)} in the model: {_likely_cause(key)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model config (missing {list(missing)[:3]}, "
-                              f"unexpected {list(unexpected)[:3]}); wrong CONFIG or num_classes?")
+                              f"unexpected {list(unexpected)[:3]}); wrong CONFIG, SVD ranks or batch_norm?")
+
+
+def _likely_cause(key: str) -> str:
+    if key.startswith(("roi_head.cls_score", "roi_head.bbox_pred")):
+        return "another model.num_classes (or a CONFIG that does not belong to this checkpoint)"
+    if key.startswith(("roi_head.fc6", "roi_head.fc7")):
+        return "another model.roi_head.fc_dim or SVD rank (fc6_rank / fc7_rank)"
+    return "another model.backbone.width / rpn.conv_channels (or a CONFIG that does not belong to this checkpoint)"
 
 
 def load_detector(path: str, config: Optional[str] = None, overrides: Optional[list] = None) -> tuple:

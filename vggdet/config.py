@@ -237,7 +237,7 @@ def _same(v: Any) -> Any:
 # users by default); checkpoints written before the
 # key moved are migrated silently on load (vggdet/checkpoint.py). Add a row when a key moves.
 RENAMED = {
-    "train.device": ("runtime.device", _same),
+    "train.device": ("runtime.device", lambda v: None if v == "auto" else v),
     "train.amp": ("runtime.amp", _same),
     "train.amp_dtype": ("runtime.amp_dtype", lambda v: None if v == "float16" else v),  # float16 was CUDA's
     "train.channels_last": ("runtime.channels_last", lambda v: True if v else None),  # False meant auto

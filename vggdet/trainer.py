@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vggdet import distributed as ddp
-from vggdet.checkpoint import CheckpointDir, make_checkpoint
+from vggdet.checkpoint import CheckpointDir, load_model_state, make_checkpoint
 from vggdet.config import Config, ConfigError
 from vggdet.data import DataError, build_dataloader, build_dataset
 from vggdet.dataset_eval import evaluate_model
@@ -175,7 +175,7 @@ class Trainer:
             self.log.text(f"--resume auto: no {self.checkpoints.path('latest.pth')} yet, starting from scratch")
             return
         ckpt = self.checkpoints.load_for_resume(path)
-        self.model.load_state_dict(ckpt["model"])
+        load_model_state(self.model, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
