@@ -71,6 +71,17 @@ def test_legacy_checkpoint_in_test_and_infer_tools(legacy_shapes, tmp_path):
     assert len(rows) == 1 and [d["label"] for d in rows[0]["detections"]] == EXPECTED["names"]
 
 
+def test_deprecated_eval_only_flag_still_evaluates(legacy_shapes, tmp_path):
+    cfg = Config.from_dict(load_checkpoint(str(LEGACY))["config"])
+    (tmp_path / "legacy.py").write_text(cfg.dump())  # the resolved config as a config file
+    r = run_tool(["tools/train_det.py", str(tmp_path / "legacy.py"), "--eval-only", str(LEGACY), "--work-dir",
+                  str(tmp_path / "w"), "--set", f"data.root={legacy_shapes}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warning: --eval-only is deprecated" in r.stderr and "tools/test_det.py" in r.stderr
+    metrics = json.loads((tmp_path / "w" / "eval" / "metrics.json").read_text())
+    assert metrics["mAP"] == pytest.approx(EXPECTED["test_mAP"], abs=1e-9)
+
+
 def test_training_resumes_from_legacy_checkpoint(legacy_shapes, tmp_path):
     ckpt = load_checkpoint(str(LEGACY))
     cfg = Config.from_dict(ckpt["config"], source=str(LEGACY))

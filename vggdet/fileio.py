@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -43,3 +45,23 @@ def atomic_write(path: str, write: Callable) -> None:
 def write_json(path: str, obj: Any, indent: int = 2) -> None:
     text = json.dumps(obj, indent=indent)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be written; the message names it."""
+
+
+def ensure_writable(folder: str, what: str = "--out") -> None:
+    """Create `folder` if needed and check that a file can be written in it, before any slow work starts.
+
+    A real write, not os.access: root passes every permission check except the file system's own.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".tmp_", dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{what} {folder}: cannot write there ({e.strerror or type(e).__name__})") from None
+    free = shutil.disk_usage(folder).free
+    if free < 100 << 20:
+        warnings.warn(f"{what} {folder}: only {free >> 20} MiB free on that disk", stacklevel=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 
 from tqdm import tqdm
 
@@ -31,9 +32,10 @@ class RunLogger:
             tqdm.write(msg)
 
     def record(self, record: dict) -> None:
-        """One JSON line in log.jsonl; its numbers also go to TensorBoard under `<mode>/<key>`."""
+        """One JSON line in log.jsonl, with a UTC "time"; its numbers also go to TensorBoard as `<mode>/<key>`."""
         if not self.enabled:
             return
+        record = {**record, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # wall clock
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:

@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from vggdet.data.errors import DataError
 from vggdet.data.image_io import read_image
-from vggdet.fileio import atomic_path
+from vggdet.fileio import atomic_path, write_json
 from vggdet.visualize import draw_boxes
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "collect_inputs", "output_names", "filter_detections",
-           "detections_to_json", "draw_detections", "predict_timed", "safe_output", "run_images", "format_summary"]
+           "detections_to_json", "coco_rows", "draw_detections", "predict_timed", "safe_output", "run_images", "format_summary"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -52,6 +52,7 @@ class InferenceStats:
     frame_model_n: int = 0
     failed: list = field(default_factory=list)  # one-line messages, each naming the input
     outputs: list = field(default_factory=list)
+    interrupted: str = ""  # set by Ctrl-C during a video: where its outputs stop
 
     def fail(self, message: str) -> None:
         self.failed.append(message)
@@ -192,16 +193,18 @@ def _batches(paths: list, batch: int) -> Iterator[tuple]:
 
 
 def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, keep: Optional[set] = None,
-               batch: int = 1, draw: bool = True, names: Optional[dict] = None,
+               batch: int = 1, draw: bool = True, names: Optional[dict] = None, coco: bool = False,
                stats: Optional[InferenceStats] = None, progress: Optional[bool] = None) -> InferenceStats:
     """Detect on `paths` in batches of `batch`; write annotated copies and `out_dir/detections.jsonl`.
 
     `names` maps a path to its output name (default: `output_names(paths)`); `keep` is a set of class names.
-    An unreadable image is reported and counted in `stats.failed`; the others still run.
+    `coco` also writes `out_dir/detections_coco.json` (see `coco_rows`). An unreadable image is reported
+    and counted in `stats.failed`; the others still run.
     """
     stats = stats or InferenceStats()
     names = names or output_names(paths)
     jsonl = os.path.join(out_dir, "detections.jsonl")
+    coco_results: list = []
     bar = tqdm(total=len(paths), unit="img", disable=None if progress is None else not progress)
     with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for chunk, images in _batches(paths, max(1, batch)):
@@ -219,6 +222,8 @@ def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, k
                 h, w = image.shape[:2]
                 record = {"file": path, "width": w, "height": h, "detections": detections_to_json(det, w, h)}
                 f.write(json.dumps(record) + "\n")
+                if coco:
+                    coco_results += coco_rows(path, det, w, h)
                 stats.per_class.update(det["names"])
                 stats.images += 1
                 if draw:
@@ -227,7 +232,22 @@ def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, k
         f.flush()
     bar.close()
     stats.outputs.append(jsonl)
+    if coco:
+        write_json(os.path.join(out_dir, "detections_coco.json"), coco_results, indent=None)
+        stats.outputs.append(os.path.join(out_dir, "detections_coco.json"))
     return stats
+
+
+def coco_rows(path: str, det: dict, width: int, height: int) -> list:
+    """COCO results entries for one image: image_id = the file stem (an int when it is all digits, as in
+    COCO's own file names), category_id = the label (1..K, an index into the checkpoint's classes),
+    bbox = [x, y, w, h] in pixels."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    image_id = int(stem) if stem.isdigit() else stem
+    return [{"image_id": image_id, "category_id": int(c), "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+             "score": d["score"]}
+            for d, c in zip(detections_to_json(det, width, height), det["labels"])
+            for x1, y1, x2, y2 in [d["box"]]]
 
 
 def safe_output(out_dir: str, name: str, source: str) -> str:

@@ -51,14 +51,35 @@ class Detector:
         return image.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def predict_batch(self, images: list) -> list:
-        """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]}."""
+    def predict_batch(self, images: list, score_thresh: Optional[float] = None) -> list:
+        """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]},
+        keeping scores >= `score_thresh` when given (the model's own cut-off applies first)."""
+        if not isinstance(images, (list, tuple)):
+            raise TypeError(f"predict_batch takes a list of images, got {type(images).__name__}; use predict()")
+        if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
+            raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+        tensors = [self._to_tensor(i) for i in images]
+        # One forward per image size: padding a mixed-size batch to its largest image changes the features
+        # near the padded edges, so the batch size would change the detections, not just the speed.
+        by_size: dict = {}
+        for k, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape[-2:]), []).append(k)
+        dets: list = [None] * len(tensors)
         with autocast(self.device, self.dtype):
-            dets = self.model([self._to_tensor(i) for i in images])
+            for idx in by_size.values():
+                for k, d in zip(idx, self.model([tensors[k] for k in idx])):
+                    dets[k] = d
         out = [detections_to_numpy(d) for d in dets]
         for d in out:
+            if score_thresh is not None:
+                keep = d["scores"] >= score_thresh
+                d.update(boxes=d["boxes"][keep], labels=d["labels"][keep], scores=d["scores"][keep])
             d["names"] = [self.classes[int(c) - 1] for c in d["labels"]]
         return out
 
-    def predict(self, image: ImageLike) -> dict:
-        return self.predict_batch([image])[0]
+    def predict(self, image: ImageLike, score_thresh: Optional[float] = None) -> dict:
+        """One image -> its detections (see `predict_batch`)."""
+        if isinstance(image, (list, tuple)):
+            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
+                            "use predict_batch() for several")
+        return self.predict_batch([image], score_thresh)[0]

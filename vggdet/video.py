@@ -7,9 +7,11 @@ last keyframe's detections. Outputs are written to `.tmp_*` files and renamed wh
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 from typing import Iterator, Optional
 
 import cv2
@@ -29,6 +31,10 @@ from vggdet.media import (
 
 __all__ = ["run_video", "run_camera"]
 
+# FFmpeg's own stderr lines ("moov atom not found") would come before our one-line error for a bad video.
+# OpenCV reads this once, when it first opens a video, so it is set on import; a user's setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
 # Frames held while a batch of keyframes (--every) fills up; above this the batch runs early.
 _MAX_BUFFER_BYTES = 512 << 20
 
@@ -41,19 +47,24 @@ def run_video(detector, path: str, out_dir: str, *, score_thr: float = 0.5, keep
 
     The model runs on every `every`-th frame, `batch` of them per forward pass; the frames in between repeat
     the detections of the last frame it ran on. `name` defaults to the video's file name without extension.
-    A video that cannot be opened or decoded is reported in `stats.failed`; Ctrl-C removes the temp files
-    and re-raises.
+    A video that cannot be opened or decoded is reported in `stats.failed`. Ctrl-C keeps what was finished:
+    the outputs end, valid, at the last complete frame, and `stats.interrupted` says at which.
     """
     stats = stats or InferenceStats()
     name = name or os.path.splitext(os.path.basename(path))[0]
     cap = cv2.VideoCapture(path)
+    start = stats.frames
     try:
         if not cap.isOpened():
             stats.fail(f"{path}: cannot open video (corrupt or unsupported format)")
             return stats
         out_base = os.path.splitext(safe_output(out_dir, name + ".mp4", path))[0]
-        _run_capture(detector, cap, path, out_base, stats, score_thr=score_thr, keep=keep, batch=batch,
-                     every=every, progress=progress, stop=lambda: False)
+        with _sigint_stops() as stopped:
+            broken = _run_capture(detector, cap, path, out_base, stats, score_thr=score_thr, keep=keep,
+                                  batch=batch, every=every, progress=progress, stop=lambda: bool(stopped))
+        if stopped or broken:
+            stats.interrupted = (f"{path}: interrupted; {out_base}.mp4 and .jsonl are complete up to frame "
+                                 f"{stats.frames - start}")
     except (DataError, OSError) as e:
         stats.fail(str(e))
     finally:
@@ -67,22 +78,35 @@ def run_camera(detector, index: int, out_dir: str, *, score_thr: float = 0.5, ke
     """Like `run_video` on `cv2.VideoCapture(index)` until the stream ends or Ctrl-C (which ends the stream
     and keeps the output); writes `out_dir/camera<index>.mp4` and `.jsonl`."""
     stats = stats or InferenceStats()
-    stopped = []
-    previous = signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
     cap = cv2.VideoCapture(index)
     try:
         if not cap.isOpened():
             stats.fail(f"camera {index}: cannot open")
             return stats
-        _run_capture(detector, cap, f"camera {index}", os.path.join(out_dir, f"camera{index}"), stats,
-                     score_thr=score_thr, keep=keep, batch=batch, every=every, progress=progress,
-                     stop=lambda: bool(stopped))
+        with _sigint_stops() as stopped:
+            _run_capture(detector, cap, f"camera {index}", os.path.join(out_dir, f"camera{index}"), stats,
+                         score_thr=score_thr, keep=keep, batch=batch, every=every, progress=progress,
+                         stop=lambda: bool(stopped))
     except (DataError, OSError) as e:
         stats.fail(str(e))
     finally:
         cap.release()
-        signal.signal(signal.SIGINT, previous)
     return stats
+
+
+@contextlib.contextmanager
+def _sigint_stops() -> Iterator[list]:
+    """While inside, Ctrl-C appends to the yielded list instead of raising, so the frame loop can end at a
+    complete frame and close valid files (signal handlers exist only in the main thread)."""
+    stopped: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stopped.append(True))
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _frames(cap, stop) -> Iterator[np.ndarray]:
@@ -94,7 +118,11 @@ def _frames(cap, stop) -> Iterator[np.ndarray]:
 
 
 def _run_capture(detector, cap, source: str, out_base: str, stats: InferenceStats, *, score_thr: float,
-                 keep: Optional[set], batch: int, every: int, progress: Optional[bool], stop) -> None:
+                 keep: Optional[set], batch: int, every: int, progress: Optional[bool], stop) -> bool:
+    """Detect, draw and write until the stream ends or `stop()`; True when a KeyboardInterrupt cut it short.
+
+    Either way the outputs are closed after the last complete frame and renamed into place: a playable
+    video and whole JSONL lines. Only a hard kill leaves nothing (the `.tmp_*` files never get the name)."""
     fps = cap.get(cv2.CAP_PROP_FPS)
     if not fps or not np.isfinite(fps) or fps <= 0:
         fps = 30.0  # cameras and some containers report 0
@@ -111,6 +139,7 @@ def _run_capture(detector, cap, source: str, out_base: str, stats: InferenceStat
         writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
         if not writer.isOpened():
             raise DataError(f"{source}: cannot open a video writer for {video_path}")
+        broken = False
         try:
             state = {"last": None}
 
@@ -137,12 +166,15 @@ def _run_capture(detector, cap, source: str, out_base: str, stats: InferenceStat
                     emit(i, fr, state["last"])
 
             _detect_frames(_chain(first, frames), every, batch, emit, flush, state)
+        except KeyboardInterrupt:  # raised inside the model: the frames emitted so far are complete
+            broken = True
         finally:
             writer.release()
             bar.close()
         f.flush()
     stats.videos += 1
     stats.outputs += [video_path, jsonl_path]
+    return broken
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -15,6 +15,7 @@ import cv2
 from vggdet.cli import add_set_argument, command, split_set_items
 from vggdet.config import load_config
 from vggdet.data import build_dataset
+from vggdet.fileio import ensure_writable
 from vggdet.visualize import draw_boxes
 
 
@@ -28,6 +29,7 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--num", type=int, default=16)
     add_set_argument(p)
     a = p.parse_args(split_set_items(argv))
+    ensure_writable(a.out)
     cfg = load_config(a.config, a.set)
     ds = build_dataset(cfg, a.split)
     os.makedirs(a.out, exist_ok=True)

@@ -10,11 +10,13 @@ errors are one line on stderr, exit status 2. Also installed as `vggdet-eval`.
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 
 from vggdet.cli import command
 from vggdet.evaluation import EvalError, evaluate, evaluate_coco, evaluate_voc, format_table, read_voc_results
 from vggdet.evaluation.results import guess_voc_classes
-from vggdet.fileio import write_json
+from vggdet.fileio import ensure_writable, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,6 +47,7 @@ def run_voc(args: argparse.Namespace) -> dict:
         classes = args.classes if args.classes == "auto" else [c.strip() for c in args.classes.split(",")]
     ds = VOCDetection(args.voc_root, args.split, classes=classes)
     dets = read_voc_results(args.results, args.split, ds.classes, ds.image_ids)
+    _warn_sparse(len(dets), len(ds), args.results)
     metric = args.metric or "voc07"
     if metric == "coco":
         return evaluate(ds, [dets.get(str(i), _EMPTY) for i in ds.image_ids], "coco")
@@ -61,17 +64,32 @@ def run_voc(args: argparse.Namespace) -> dict:
 _EMPTY = {"boxes": [], "labels": [], "scores": []}
 
 
+def _warn_sparse(with_dets: int, total: int, results: str) -> None:
+    """Results for a few images score as a (low) mAP over all of them: say so when most have none."""
+    if total and with_dets < total / 2:
+        warnings.warn(f"{results}: {total - with_dets} of {total} images have no detections at all; "
+                      "results for part of the split score as misses on the rest", stacklevel=2)
+
+
 def run_coco(args: argparse.Namespace) -> dict:
     from vggdet.data.coco import load_coco
+    from vggdet.evaluation import read_coco_results
 
     if args.metric not in (None, "coco"):
         raise EvalError(f"--coco-ann: only --metric coco is supported, got {args.metric}")
-    return evaluate_coco(load_coco(args.coco_ann), args.results)
+    gt = load_coco(args.coco_ann)
+    results = read_coco_results(args.results, set(gt.getImgIds()), set(gt.getCatIds()))
+    _warn_sparse(len({r["image_id"] for r in results}), len(gt.getImgIds()), args.results)
+    return evaluate_coco(gt, results)
 
 
 @command
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.out:
+        ensure_writable(os.path.dirname(os.path.abspath(args.out)))
+    if args.plot:
+        ensure_writable(args.plot, "--plot")
     metrics = run_voc(args) if args.voc_root else run_coco(args)
     print(format_table(metrics))
     if args.out:

@@ -28,6 +28,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="images or frames per forward pass")
     p.add_argument("--every", type=int, default=1, help="video: run the model on every Nth frame")
     p.add_argument("--no-draw", action="store_true", help="images: skip the annotated copies")
+    p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
+                   help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read frames from a camera")
     add_runtime_arguments(p)
@@ -40,12 +42,15 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         p.error("expected [CONFIG] CHECKPOINT INPUT [INPUT ...] (or --camera INDEX)")
     if a.batch < 1 or a.every < 1:
         p.error("--batch and --every must be >= 1")
+    if not 0.0 <= a.score_thr <= 1.0:
+        p.error(f"--score-thr must be in [0, 1] (scores are probabilities), got {a.score_thr}")
     return a
 
 
 @command
 def main(argv: Optional[list] = None) -> int:
     a = parse_args(argv)
+    from vggdet.fileio import ensure_writable
     from vggdet.media import InferenceStats, collect_inputs, format_summary, output_names, run_images
     from vggdet.predictor import Detector
     from vggdet.video import run_camera, run_video
@@ -55,6 +60,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: no image or video matches {pattern!r}", file=sys.stderr)
     if not images and not videos and a.camera is None:
         return 2
+    ensure_writable(a.out)  # before the model loads: a bad --out fails in a second, not after minutes
     # the model's own cut-off, so it skips less work; the user's --set items still win
     overrides = [f"runtime.score_thresh={a.score_thr}"] + runtime_overrides(a)
     det = Detector.from_checkpoint(a.checkpoint, config=a.config, overrides=overrides)
@@ -67,16 +73,21 @@ def main(argv: Optional[list] = None) -> int:
     stats = InferenceStats()
     try:
         if images:
-            run_images(det, images, a.out, draw=not a.no_draw, stats=stats, **common)
+            run_images(det, images, a.out, draw=not a.no_draw, coco=a.format == "coco", stats=stats, **common)
         names = output_names(videos, strip_ext=True, reserved=("detections",))
         for video in videos:
             run_video(det, video, a.out, every=a.every, name=names[video], stats=stats, **common)
-        if a.camera is not None:
+            if stats.interrupted:
+                break
+        if a.camera is not None and not stats.interrupted:
             run_camera(det, a.camera, a.out, every=a.every, stats=stats, **common)
     except KeyboardInterrupt:
         print("\ninterrupted; unfinished outputs removed", file=sys.stderr)
         return 130
     print(format_summary(stats, det.classes, os.path.abspath(a.out)))
+    if stats.interrupted:
+        print(stats.interrupted, file=sys.stderr)
+        return 130
     failed = len(stats.failed) + len(missing)
     if failed:
         print(f"{failed} input(s) failed (see the errors above)", file=sys.stderr)

@@ -24,7 +24,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if os.path.abspath(a.out) == os.path.abspath(a.checkpoint):
         p.error("--out must differ from the input checkpoint")
+    from vggdet.fileio import ensure_writable
     from vggdet.svd import compress_checkpoint
+
+    ensure_writable(os.path.dirname(os.path.abspath(a.out)))
 
     summary = compress_checkpoint(a.checkpoint, a.rank_fc6 or None, a.rank_fc7 or None, a.out)
     for name, s in summary.items():

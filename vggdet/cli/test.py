@@ -34,6 +34,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "test")
+    from vggdet.fileio import ensure_writable
+
+    ensure_writable(out)
     return report(args.checkpoint, args.config, runtime_overrides(args), out)
 
 

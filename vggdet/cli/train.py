@@ -31,10 +31,12 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     from vggdet.config import load_config
+    from vggdet.fileio import ensure_writable
 
     overrides = runtime_overrides(args)
     cfg = load_config(args.config, overrides)
     work_dir = args.work_dir or os.path.join("work_dirs", cfg.name)
+    ensure_writable(work_dir, "--work-dir")
     if args.eval_only:
         return _eval_only(args, overrides, work_dir)
     from vggdet.trainer import train

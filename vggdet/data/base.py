@@ -41,6 +41,23 @@ def degenerate_free(boxes: np.ndarray) -> np.ndarray:
     return ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
 
 
+def degenerate_reasons(record: dict, size: tuple) -> list:
+    """Why each box that `sanitize` drops is dropped, in box order (for a warning that names them)."""
+    h, w = size
+    out = []
+    for box, valid in zip(record["boxes"], record.get("valid", np.ones(len(record["boxes"]), dtype=bool))):
+        x1, y1, x2, y2 = box
+        clipped = np.array([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)])
+        if not valid:
+            out.append("zero area as annotated")
+        elif x2 < x1 or y2 < y1:
+            out.append("inverted corners")
+        elif not degenerate_free(clipped[None])[0]:
+            inside = degenerate_free(np.array([[x1, y1, x2, y2]]))[0]
+            out.append("outside the image" if inside else f"under {MIN_BOX_SIZE:g} px")
+    return out
+
+
 class DetectionDataset(Dataset):
     """`img, target = ds[i]`: img uint8 [H, W, 3] RGB; target as documented in `__getitem__`."""
 
@@ -66,15 +83,15 @@ class DetectionDataset(Dataset):
 
     def _finish_init(self, source: str) -> None:
         """Fill missing sizes from image headers, warn once about degenerate boxes, check proposals."""
-        dropped = 0
+        dropped = []  # (image id, why) per dropped box
         for i, rec in enumerate(self.records):
             if rec["size"] is None:
                 rec["size"] = read_image_size(self.image_paths[i])
-            ann = self.get_annotation(i)
-            dropped += len(rec["boxes"]) - len(ann["boxes"])
+            dropped += [(rec["image_id"], why) for why in degenerate_reasons(rec, rec["size"])]
         if dropped:
-            warnings.warn(f"{source}: dropped {dropped} degenerate box(es) (zero area as annotated, or < {MIN_BOX_SIZE:g} px after clipping)",
-                          stacklevel=3)
+            named = ", ".join(f"{i} ({why})" for i, why in dropped[:4])
+            more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
+            warnings.warn(f"{source}: dropped {len(dropped)} degenerate box(es): {named}{more}", stacklevel=3)
         if self.proposals is not None:
             missing = [i for i in self.image_ids if str(i) not in self.proposals]
             if missing:

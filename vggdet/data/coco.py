@@ -54,12 +54,16 @@ class COCODetection(DetectionDataset):
         self.label_to_cat_id = [None] + cat_ids
         self.cat_id_to_label = {c: k + 1 for k, c in enumerate(cat_ids)}
         ids = sorted(self.coco.getImgIds())
+        if not ids:
+            raise DataError(f"{ann_file}: the annotation file lists no images")
         self.records = [self._record(i) for i in ids]
         self.image_ids = ids
         self.image_paths = [os.path.join(root_images_dir, self.coco.imgs[i]["file_name"]) for i in ids]
         self._finish_init(ann_file)
         if train and skip_empty:
             self._keep([i for i in range(len(ids)) if self._has_targets(i)])
+            if not len(self):
+                raise DataError(f"{ann_file}: none of its {len(ids)} images has a usable box to train on")
 
     def _record(self, image_id: int) -> dict:
         info = self.coco.imgs[image_id]

@@ -192,5 +192,6 @@ def build_dataloader(cfg: Config, split: str, distributed: bool = False, dataset
     else:
         groups = [0] * len(dataset)  # one group: plain batches in sampler order
     return DetectionLoader(dataset, GroupedBatchSampler(sampler, groups, batch_size), seed,
-                           num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory,
+                           num_workers=cfg.data.num_workers,
+                           pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),  # else a warning
                            persistent_workers=False)

@@ -82,7 +82,10 @@ def read_split(root: str, split: str) -> list:
         raise DataError(f"{path}: split file not found (expected one image id per line for split {split!r})")
     with open(path) as f:
         # Some ImageSets files carry a second column (per-class lists: "<id> 1"); the id is the first token.
-        return [line.split()[0] for line in f if line.strip()]
+        ids = [line.split()[0] for line in f if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: the split is empty (no image ids); list one image id per line")
+    return ids
 
 
 def parse_voc_xml(path: str) -> dict:

@@ -142,7 +142,8 @@ def evaluate_voc_arrays(
 
     gt: img [G], boxes [G, 4], labels [G] in 1..K, difficult [G] (sorted by image);
     dets: img [M], boxes [M, 4], labels [M], scores [M]; boxes 0-based xyxy.
-    per_class[name] is None for a class without ground truth (excluded from the mean, with a warning).
+    per_class[name] is None for a class without ground truth (excluded from the mean, with a warning);
+    no class with ground truth at all is an EvalError.
     """
     if metric not in ("voc07", "voc10"):
         raise EvalError(f"unknown VOC metric {metric!r} (voc07 or voc10)")
@@ -160,12 +161,15 @@ def evaluate_voc_arrays(
             continue
         per_class[name] = voc_ap(rec, prec, use_07_metric=metric == "voc07")
         curves[name] = {"recall": rec, "precision": prec}
+    aps = [ap for ap in per_class.values() if ap is not None]
+    if not aps:  # a mean over nothing is not 0.00: the split or the class list is wrong
+        raise EvalError(f"no class has (non-difficult) ground truth in the {num_images} test image(s); "
+                        f"nothing to evaluate: check the test split and the class names {list(classes)[:5]}")
     missing = [n for n, ap in per_class.items() if ap is None]
     if missing:
         warnings.warn(f"no (non-difficult) ground truth for class(es) {', '.join(missing)}: "
                       "AP is null and excluded from the mean", stacklevel=2)
-    aps = [ap for ap in per_class.values() if ap is not None]
-    out = {"metric": metric, "mAP": float(np.mean(aps)) if aps else 0.0, "per_class": per_class}
+    out = {"metric": metric, "mAP": float(np.mean(aps)), "per_class": per_class}
     if return_curves:
         out["curves"] = curves
     return out

@@ -61,7 +61,7 @@ class FasterRCNN(nn.Module):
     def _channels_last(self, batch: Tensor) -> bool:
         """Auto: NHWC for CPU inference (oneDNN's native layout: the VGG convs run ~1.3x faster) and on
         CUDA under autocast (tensor cores want NHWC); NCHW otherwise. CPU training stays NCHW unless
-        asked for (`train.channels_last`): the rounding differences change a training trajectory.
+        asked for (`runtime.channels_last=True`): the rounding differences change a training trajectory.
         Detections are equal up to float rounding either way (tests/test_perf.py)."""
         if self.channels_last is not None:
             return self.channels_last
