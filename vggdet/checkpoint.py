@@ -63,7 +63,14 @@ def make_checkpoint(model: torch.nn.Module, cfg: Config, classes: list, training
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    """Write atomically; a failed write (disk full, file too large) leaves any older file under `path` as
+    it was and raises one OSError naming the file."""
+    try:
+        atomic_write(path, lambda f: torch.save(ckpt, f))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        raise OSError(f"{path}: cannot write the checkpoint ({why}); disk full? "
+                      "the previous file under that name, if any, is intact") from None
 
 
 def load_checkpoint(path: str) -> dict:
@@ -160,7 +167,7 @@ class CheckpointDir:
         save_checkpoint(path, ckpt)
         if self.keep_last > 0 and not ckpt.get("iter_in_epoch"):
             save_checkpoint(self.path(f"epoch_{ckpt['epoch']}.pth"), ckpt)
-            epochs = sorted(glob.glob(self.path("epoch_*.pth")), key=lambda p: int(p.rsplit("_", 1)[1][:-4]))
+            epochs = sorted(glob.glob(self.path("epoch_*.pth")), key=_epoch_number)
             for old in epochs[: -self.keep_last]:
                 os.unlink(old)
         return path
@@ -170,11 +177,39 @@ class CheckpointDir:
         return self.path("best.pth")
 
     def resume_path(self, resume: str) -> Optional[str]:
-        """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet."""
+        """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet.
+
+        A latest.pth that cannot be read (a torn copy from another tool, a bad disk) is an error that names
+        the newest epoch_N.pth that can, so no run silently starts again from scratch.
+        """
         if resume != "auto":
             return resume
         path = self.path("latest.pth")
-        return path if os.path.isfile(path) else None
+        if not os.path.isfile(path):
+            return None
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            intact = self._newest_intact_epoch()
+            hint = f"resume from the newest intact one: --resume {intact}" if intact else "no intact epoch_N.pth"
+            raise CheckpointError(f"{e}; {hint}") from None
+        return path
+
+    def _newest_intact_epoch(self) -> Optional[str]:
+        for path in sorted(glob.glob(self.path("epoch_*.pth")), key=_epoch_number, reverse=True):
+            try:
+                load_checkpoint(path)
+                return path
+            except CheckpointError:
+                continue
+        return None
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete `.tmp_*.pth` files that a killed run left behind (never read as checkpoints)."""
+        stale = glob.glob(self.path(".tmp_*.pth"))
+        for path in stale:
+            os.unlink(path)
+        return len(stale)
 
     @staticmethod
     def load_for_resume(path: str) -> dict:
@@ -185,3 +220,7 @@ class CheckpointDir:
             raise CheckpointError(f"{path}: cannot resume from it (no {', '.join(missing)}); "
                                   "it holds weights only — use it for tools/test_det.py or tools/infer.py")
         return ckpt
+
+
+def _epoch_number(path: str) -> int:
+    return int(path.rsplit("_", 1)[1][:-4])

@@ -153,6 +153,8 @@ class Trainer:
             os.makedirs(work_dir, exist_ok=True)
         self.log = RunLogger(work_dir, enabled=self.main)
         self.checkpoints = CheckpointDir(work_dir, cfg.train.keep_last)
+        if self.main and self.checkpoints.remove_stale_temp_files():
+            self.log.text(f"removed unfinished checkpoint temp files in {work_dir} (a killed run's)")
         amp = f"; amp {str(self.dtype).replace('torch.', '')}" if self.dtype else ""
         self.log.text(f"training {cfg.name}: {len(self.train_set)} images, {len(self.classes)} classes, "
                       f"{self.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs on {self.device}"
@@ -240,30 +242,49 @@ class Trainer:
         total = self.iters_per_epoch
         bar = tqdm(total=total, initial=skip, desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="it",
                    disable=not self.main, dynamic_ncols=True)
-        window: dict = {}
-        t0, n_img = time.perf_counter(), 0
-        for i, (images, targets) in enumerate(self.loader, start=skip):
-            losses = self.step(images, targets)
-            st.iteration += 1
-            st.iter_in_epoch = i + 1
-            n_img += len(images) * ddp.world_size()
-            for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + v
-            count = st.iter_in_epoch - skip
-            rate = n_img / (time.perf_counter() - t0)
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in losses.items()} | {
-                "lr": f"{lr:.2e}", "img/s": f"{rate:.1f}"})
-            bar.update(1)
-            if count % cfg.train.log_interval == 0 or st.iter_in_epoch == total:
-                n = count % cfg.train.log_interval or cfg.train.log_interval
-                rec = {k: v / n for k, v in window.items()}
-                self.log.record({"mode": "train", "epoch": st.epoch + 1, "iter": st.iteration, "lr": lr,
-                                 "loss": sum(rec.values()), **rec, "img_per_s": rate})
-                window = {}
-            if self.stop_signal is not None or self._done():
-                break
-        bar.close()
+        try:  # the bar ends its line even when a batch fails, so an error starts on a line of its own
+            window: dict = {}
+            t0, n_img = time.perf_counter(), 0
+            for i, (images, targets) in enumerate(self._batches(), start=skip):
+                losses = self.step(images, targets)
+                st.iteration += 1
+                st.iter_in_epoch = i + 1
+                n_img += len(images) * ddp.world_size()
+                for k, v in losses.items():
+                    window[k] = window.get(k, 0.0) + v
+                count = st.iter_in_epoch - skip
+                rate = n_img / (time.perf_counter() - t0)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in losses.items()} | {
+                    "lr": f"{lr:.2e}", "img/s": f"{rate:.1f}"})
+                bar.update(1)
+                if count % cfg.train.log_interval == 0 or st.iter_in_epoch == total:
+                    n = count % cfg.train.log_interval or cfg.train.log_interval
+                    rec = {k: v / n for k, v in window.items()}
+                    self.log.record({"mode": "train", "epoch": st.epoch + 1, "iter": st.iteration, "lr": lr,
+                                     "loss": sum(rec.values()), **rec, "img_per_s": rate})
+                    window = {}
+                if self.stop_signal is not None or self._done():
+                    break
+        finally:
+            bar.close()
+
+    def _batches(self):
+        """The loader's batches; a data-loader worker that dies (killed, out of memory) ends the run with
+        one line instead of the loader's traceback. The last checkpoint is untouched."""
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if "DataLoader worker" not in str(e):
+                    raise
+                raise TrainingError(f"{str(e).strip().splitlines()[0]} at iteration {self.state.iteration + 1} "
+                                    f"(epoch {self.state.epoch + 1}); killed or out of memory? the last "
+                                    f"checkpoint in {self.work_dir} is intact: continue with --resume auto") from None
+            yield batch
 
     def step(self, images: list, targets: list) -> dict:
         """One SGD step; returns the loss terms as floats. Stops on NaN/inf, reports OOM helpfully."""
