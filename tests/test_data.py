@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from vggdet.config import AugmentConfig, load_config
 from vggdet.data import (
@@ -26,12 +27,6 @@ from vggdet.data import (
 from vggdet.data.image_io import read_image
 from vggdet.data.loader import GroupedBatchSampler, SeededSampler
 from vggdet.data.transforms import DetectionTransform, build_transform
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-BCCD = SHARED / "bccd" / "VOCdevkit" / "VOC2007"
-COCO128 = SHARED / "coco128"
-needs_bccd = pytest.mark.skipif(not BCCD.is_dir(), reason="shared BCCD data not present")
-needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="shared COCO128 data not present")
 
 
 @pytest.fixture(scope="module")
@@ -137,25 +132,22 @@ def test_auto_classes(shapes_voc: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- real data
-@needs_bccd
-def test_bccd_matches_xml_and_drops_zero_area_boxes() -> None:
+def test_bccd_matches_xml_and_drops_zero_area_boxes(bccd_root: Path) -> None:
     with pytest.warns(UserWarning, match=r"dropped 2 degenerate") as rec:
-        ds = VOCDetection(str(BCCD), "trainval", classes=["RBC", "WBC", "Platelets"])
+        ds = VOCDetection(str(bccd_root), "trainval", classes=["RBC", "WBC", "Platelets"])
     assert sum("degenerate" in str(w.message) for w in rec) == 1  # one counting warning
     assert len(ds) == 292
-    check_voc(ds, BCCD)
-    i = ds.image_ids.index("BloodImage_00338") if "BloodImage_00338" in ds.image_ids else None
-    if i is not None:
-        raw = len(ET.parse(BCCD / "Annotations/BloodImage_00338.xml").getroot().findall("object"))
-        assert len(ds.get_annotation(i)["boxes"]) == raw - 1
+    check_voc(ds, bccd_root)
+    assert "BloodImage_00338" in ds.image_ids  # a trainval image with one zero-area box
+    raw = len(ET.parse(bccd_root / "Annotations/BloodImage_00338.xml").getroot().findall("object"))
+    assert len(ds.get_annotation(ds.image_ids.index("BloodImage_00338"))["boxes"]) == raw - 1
 
 
-@needs_coco128
-def test_coco128_matches_json_crowd_and_grayscale() -> None:
-    ann_file = COCO128 / "annotations" / "instances_train2017.json"
-    test_ds = COCODetection(str(COCO128 / "train2017"), str(ann_file), train=False)
-    train_ds = COCODetection(str(COCO128 / "train2017"), str(ann_file), train=True)
-    assert len(test_ds) == 128 and len(train_ds) < 128 and len(test_ds.classes) == 80
+def test_coco128_matches_json_crowd_and_grayscale(coco128_root: Path) -> None:
+    ann_file = coco128_root / "annotations" / "instances_train2017.json"
+    test_ds = COCODetection(str(coco128_root / "train2017"), str(ann_file), train=False)
+    train_ds = COCODetection(str(coco128_root / "train2017"), str(ann_file), train=True)
+    assert len(test_ds) == 128 and 0 < len(train_ds) < 128 and len(test_ds.classes) == 80
     check_coco(test_ds, ann_file)
     assert sum(int(test_ds.get_annotation(i)["iscrowd"].sum()) for i in range(len(test_ds))) == 10
     for i in range(len(train_ds)):  # crowd boxes never become training targets
@@ -185,6 +177,7 @@ def test_png_gray_rgba_16bit(tmp_path: Path) -> None:
 def test_flip_matches_manual_flip_and_moves_proposals(shapes_voc: Path) -> None:
     ds = VOCDetection(str(shapes_voc), "trainval", classes=SHAPES_CLASSES)
     img, t = ds[0]
+    assert len(t["boxes"]) > 0
     t["proposals"] = np.concatenate([t["boxes"], [[0, 0, 10, 20]]]).astype(np.float32)
     flip = DetectionTransform([], hflip=1.0)
     f_img, f_t = flip(img, t)
@@ -203,6 +196,7 @@ def test_full_augmentation_keeps_proposals_with_boxes(shapes_voc: Path) -> None:
     aug = build_transform(AugmentConfig(photometric=True, random_crop=True, scale_jitter=[0.7, 1.3]), True, seed=0)
     for i in range(8):
         img, t = ds[i]
+        assert len(t["boxes"]) > 0
         t["proposals"] = t["boxes"].copy()
         a_img, a_t = aug(img, t)
         assert len(a_t["proposals"]) == len(t["boxes"])  # never dropped
@@ -267,14 +261,19 @@ def test_bad_inputs(tmp_path: Path, shapes_voc: Path) -> None:
 
 
 def test_size_mismatch_trusts_image_and_clips(tmp_path: Path, shapes_voc: Path) -> None:
-    ids = (shapes_voc / "ImageSets/Main/test.txt").read_text().split()[:1]
+    # the 5th test image (seed 1) has boxes inside, across and beyond a 50 x 64 crop
+    ids = (shapes_voc / "ImageSets/Main/test.txt").read_text().split()[4:5]
     root = copy_voc(shapes_voc, tmp_path / "v", ids)
+    annotated = VOCDetection(str(root), "mini", classes=SHAPES_CLASSES).get_annotation(0)["boxes"]
     img = cv2.imread(str(root / "JPEGImages" / f"{ids[0]}.jpg"))
     cv2.imwrite(str(root / "JPEGImages" / f"{ids[0]}.jpg"), img[:64, :50])
     ds = VOCDetection(str(root), "mini", classes=SHAPES_CLASSES)
     with pytest.warns(UserWarning, match="trusting the image"):
         im, t = ds[0]
     assert im.shape[:2] == (64, 50)
+    inside = (annotated[:, 0] < 50) & (annotated[:, 1] < 64)
+    assert len(annotated) == 5 and inside.sum() == 3 and (annotated[inside, 2:] > [50, 64]).any()
+    np.testing.assert_allclose(t["boxes"], np.minimum(annotated[inside], [50, 64, 50, 64]))
     assert (t["boxes"][:, 2] <= 50).all() and (t["boxes"][:, 3] <= 64).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once per file
@@ -329,21 +328,20 @@ def test_loader_with_proposals_workers_and_concat(tmp_path: Path, shapes_voc: Pa
     (tmp_path / "p.json").write_text(json.dumps(props))
     dl = build_dataloader(cfg, "train")
     assert len(dl.dataset) == 32 and len(dl.dataset.image_ids) == 32
-    seen = 0
+    seen = with_props = 0
     for _, targets in dl:
         for t in targets:
             if t["index"] < 24:  # proposals = the flipped ground truth
                 torch.testing.assert_close(t["proposals"], t["boxes"])
+                with_props += 1
             else:
                 assert t["proposals"].shape == (0, 4) and t["image_id"] == dl.dataset.image_ids[t["index"]]
             seen += 1
-    assert seen == 32
+    assert seen == 32 and with_props == 24
 
 
-def test_browse_dataset_tool(tmp_path: Path, shapes_voc: Path, capsys) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+def test_browse_dataset_tool(tmp_path: Path, shapes_voc: Path, capsys, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import browse_dataset
 
     cfg = tmp_path / "c.py"

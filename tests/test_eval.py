@@ -5,10 +5,10 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from vggdet.evaluation import (
     EvalError,
@@ -23,11 +23,6 @@ from vggdet.evaluation import (
     write_voc_results,
 )
 from vggdet.evaluation.voc import _devkit_iou, to_devkit
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BCCD = DATA / "bccd" / "VOCdevkit" / "VOC2007"
-COCO128 = DATA / "coco128"
 
 
 # ------------------------------------------------------------------ reference: py-faster-rcnn's voc_eval
@@ -250,8 +245,12 @@ def test_voc_results_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     gts, dets = random_problem(rng, num_images=40)
     ids, classes = [g["image_id"] for g in gts], ["a", "b", "c", "d"]
+    dets[5] = {k: v[:0] for k, v in dets[5].items()}  # an image without detections: no line in any file
     write_voc_results(str(tmp_path), "val", classes, ids, dets)
     back = read_voc_results(str(tmp_path), "val", classes, ids)
+    with_dets = [i for i, d in zip(ids, dets) if len(d["scores"])]
+    assert 0 < len(with_dets) < len(ids)
+    assert sorted(back) == sorted(with_dets)
     for i, d in zip(ids, dets):
         if len(d["scores"]) == 0:
             assert i not in back
@@ -307,13 +306,13 @@ def test_bad_coco_results(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ COCO
-@pytest.mark.skipif(not (COCO128 / "annotations" / "instances_train2017.json").is_file(), reason="no coco128")
-def test_coco_matches_pycocotools(tmp_path):
+def test_coco_matches_pycocotools(tmp_path, coco128_root):
     from pycocotools.cocoeval import COCOeval
 
     from vggdet.data.coco import COCODetection
 
-    ds = COCODetection(str(COCO128 / "train2017"), str(COCO128 / "annotations" / "instances_train2017.json"))
+    ds = COCODetection(str(coco128_root / "train2017"),
+                       str(coco128_root / "annotations" / "instances_train2017.json"))
     dets = jittered_ground_truth(ds, seed=3, sigma=3, keep=0.9)
     # pycocotools called directly on the straightforward conversion
     cat = ds.label_to_cat_id
@@ -333,17 +332,16 @@ def test_coco_matches_pycocotools(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- CLI on BCCD
-@pytest.mark.skipif(not BCCD.is_dir(), reason="no BCCD data")
-def test_eval_det_cli_on_bccd(tmp_path):
+def test_eval_det_cli_on_bccd(tmp_path, bccd_root):
     from vggdet.data.voc import VOCDetection
 
-    ds = VOCDetection(str(BCCD), "test", classes="auto")
+    ds = VOCDetection(str(bccd_root), "test", classes="auto")
     dets = jittered_ground_truth(ds, seed=4, sigma=6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expect = evaluate(ds, dets, "voc10", out_dir=tmp_path / "res")
     out, plots = tmp_path / "m.json", tmp_path / "plots"
-    cmd = [sys.executable, str(REPO / "tools" / "eval_det.py"), "--voc-root", str(BCCD), "--split", "test",
+    cmd = [sys.executable, str(ROOT / "tools" / "eval_det.py"), "--voc-root", str(bccd_root), "--split", "test",
            "--results", str(tmp_path / "res"), "--metric", "voc10", "--out", str(out), "--plot", str(plots)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

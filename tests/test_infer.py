@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_model import TINY
+from conftest import ROOT, TINY
 
 from vggdet import build_detector, load_config
 from vggdet.checkpoint import save_checkpoint
@@ -19,7 +19,6 @@ from vggdet.media import collect_inputs, output_names, run_images
 from vggdet.predictor import Detector
 from vggdet.video import run_video
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fewer proposals and detections than the defaults keep the random model fast on two CPU cores.
 FAST = ["model.rpn.pre_nms_top_n_test=500", "model.rpn.post_nms_top_n_test=50",
         "model.roi_head.detections_per_img=10"]
@@ -82,6 +81,7 @@ def _no_temp_files(out) -> None:
 
 
 def _assert_inside(dets: list, w: int, h: int) -> None:
+    assert dets, "no detections to check"  # with --score-thr 0 the random model always has some
     for d in dets:
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h, d
@@ -131,11 +131,20 @@ def test_run_images_writes_annotated_copies_and_jsonl(env, tmp_path):
         _assert_inside(r["detections"], r["width"], r["height"])
     for name, shape in [("a.jpg", (120, 160, 3)), ("gray.png", (100, 140, 3)), ("sub/a.jpg", (96, 128, 3))]:
         assert cv2.imread(str(tmp_path / name)).shape == shape
-    # --classes and --score-thr filter what is written.
-    run_images(det, paths[:1], str(tmp_path / "k"), score_thr=0.3, keep={"circle"}, draw=False, progress=False)
-    kept = _jsonl(tmp_path / "k" / "detections.jsonl")[0]["detections"]
-    assert all(x["label"] == "circle" and x["score"] >= 0.3 for x in kept)
-    assert sorted(os.listdir(tmp_path / "k")) == ["detections.jsonl"]
+    # --classes and --score-thr filter what is written: compare with the unfiltered detections of one image.
+    run_images(det, paths[:1], str(tmp_path / "all"), score_thr=0.0, draw=False, progress=False)
+    every = _jsonl(tmp_path / "all" / "detections.jsonl")[0]["detections"]
+    assert every and 0.3 < min(x["score"] for x in every) and max(x["score"] for x in every) < 0.5  # ~1/3
+    kept = {}
+    for name in CLASSES:
+        run_images(det, paths[:1], str(tmp_path / name), score_thr=0.3, keep={name}, draw=False, progress=False)
+        kept[name] = _jsonl(tmp_path / name / "detections.jsonl")[0]["detections"]
+        assert kept[name] == [x for x in every if x["label"] == name]
+        assert all(x["label"] == name and x["score"] >= 0.3 for x in kept[name])
+    assert sum(map(len, kept.values())) == len(every)
+    assert sorted(os.listdir(tmp_path / "circle")) == ["detections.jsonl"]
+    run_images(det, paths[:1], str(tmp_path / "high"), score_thr=0.5, draw=False, progress=False)
+    assert _jsonl(tmp_path / "high" / "detections.jsonl")[0]["detections"] == []
     _no_temp_files(tmp_path)
 
 
@@ -151,7 +160,9 @@ def test_run_video_keeps_frames_size_rate(env, tmp_path):
     assert any(r["detections"] for r in rows)
     for r in rows:
         _assert_inside(r["detections"], VW, VH)
-    for i in range(1, N_FRAMES, 2):  # the frames between repeat the last processed frame's detections
+    # the processed frames differ (the disc moves), and the frames between repeat the last processed one's
+    assert len({json.dumps(rows[i]["detections"]) for i in range(0, N_FRAMES, 2)}) > 1
+    for i in range(1, N_FRAMES, 2):
         assert rows[i]["detections"] == rows[i - 1]["detections"]
     _no_temp_files(tmp_path)
 
@@ -163,14 +174,18 @@ def test_video_every_covers_a_partial_last_batch(env, tmp_path):
                       progress=False)
     rows = _jsonl(tmp_path / "out" / "short.jsonl")
     assert stats.frame_model_n == 3 and len(rows) == 11 == _video_props(str(tmp_path / "out" / "short.mp4"))[1]
-    for i in range(11):
+    processed = [rows[i]["detections"] for i in (0, 4, 8)]
+    assert all(processed) and processed[0] != processed[1] != processed[2]
+    for i in (1, 2, 3, 5, 6, 7, 9, 10):  # 9-10: the last, partial group
         assert rows[i]["detections"] == rows[i - i % 4]["detections"]
 
 
-def test_interrupted_or_corrupt_video_leaves_no_output(env, tmp_path):
+def test_crashed_or_corrupt_video_leaves_no_output(env, tmp_path):
+    """A crash mid-video never leaves a torn file under a final name (Ctrl-C keeps the finished frames:
+    tests/test_reliability.py)."""
     d, det = env
 
-    class Interrupting:
+    class Crashing:
         classes = det.classes
 
         def __init__(self):
@@ -179,11 +194,11 @@ def test_interrupted_or_corrupt_video_leaves_no_output(env, tmp_path):
         def predict_batch(self, images):
             self.calls += 1
             if self.calls == 3:
-                raise KeyboardInterrupt
+                raise RuntimeError("the model crashed")
             return det.predict_batch(images)
 
-    with pytest.raises(KeyboardInterrupt):
-        run_video(Interrupting(), str(d / "clip.mp4"), str(tmp_path), batch=2, progress=False)
+    with pytest.raises(RuntimeError, match="crashed"):
+        run_video(Crashing(), str(d / "clip.mp4"), str(tmp_path), batch=2, progress=False)
     (tmp_path / "broken.mp4").write_bytes(b"\x00garbage" * 100)
     stats = run_video(det, str(tmp_path / "broken.mp4"), str(tmp_path / "out"), progress=False)
     assert len(stats.failed) == 1 and "broken.mp4" in stats.failed[0]

@@ -46,6 +46,7 @@ def detect(model, imgs, fast, dtype=None):
 
 
 def assert_same_detections(a: list, b: list, rtol: float = 1e-3):
+    assert len(a) == len(b) and sum(len(d["boxes"]) for d in b) > 0
     for da, db in zip(a, b):
         assert da["labels"].tolist() == db["labels"].tolist()
         torch.testing.assert_close(da["boxes"], db["boxes"], rtol=rtol, atol=rtol)

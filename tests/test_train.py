@@ -11,23 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, SHAPES_CONFIG, free_port, run_tool, tiny_train_overrides
 
 from vggdet.checkpoint import load_checkpoint
 from vggdet.config import load_config
 from vggdet.errors import TrainingError
 from vggdet.trainer import train
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "shapes_tiny.py")
-
-
-def tiny(tmp_path: Path, *extra: str) -> list:
-    """Overrides that make configs/shapes_tiny.py a seconds-long run on 128-px images."""
-    return [f"data.root={tmp_path / 'shapes'}", "data.shapes_num_train=24", "data.shapes_num_test=12",
-            "data.shapes_size=128", "data.num_workers=0", "model.input.min_size=128", "model.input.max_size=128",
-            "model.backbone.width=0.125", "model.roi_head.fc_dim=128", "model.rpn.anchor_scales=[1,2,4]",
-            "data.batch_size=2", "test.batch_size=6", "train.log_interval=1", "train.eval_interval=0",
-            "train.warmup_iters=5", *extra]
 
 
 def read_log(work_dir: Path, mode: str = "train") -> list:
@@ -35,16 +24,12 @@ def read_log(work_dir: Path, mode: str = "train") -> list:
     return [r for r in map(json.loads, lines) if r["mode"] == mode]
 
 
-def run_tool(args: list, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
-
-
 def test_short_run_learns_and_beats_chance(tmp_path):
     work = tmp_path / "work"
     # ~45 s on 2 cores; mAP 0.65 / 0.61 at seeds 0 / 1 (64 images x 8 epochs gave only 0.22)
-    cfg = load_config(CONFIG, tiny(tmp_path, "data.shapes_num_train=96", "data.shapes_num_test=24",
-                                   "model.backbone.width=0.25", "model.roi_head.fc_dim=256",
-                                   "train.epochs=12", "train.lr_steps=[10]", "train.log_interval=8"))
+    cfg = load_config(SHAPES_CONFIG, tiny_train_overrides(
+        tmp_path, "data.shapes_num_train=96", "data.shapes_num_test=24", "model.backbone.width=0.25",
+        "model.roi_head.fc_dim=256", "train.epochs=12", "train.lr_steps=[10]", "train.log_interval=8"))
     torch.manual_seed(0)
     metrics = train(cfg, str(work))
     losses = [r["loss"] for r in read_log(work)]
@@ -69,10 +54,11 @@ def test_short_run_learns_and_beats_chance(tmp_path):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(load_config(CONFIG, tiny(tmp_path, "train.epochs=2")), str(full))
-    train(load_config(CONFIG, tiny(tmp_path, "train.epochs=1")), str(part))
-    train(load_config(CONFIG, tiny(tmp_path, "train.epochs=2")), str(part), resume="auto")
+    train(load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "train.epochs=2")), str(full))
+    train(load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "train.epochs=1")), str(part))
+    train(load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "train.epochs=2")), str(part), resume="auto")
     a, b = read_log(full), read_log(part)
+    assert len(a) == 24  # 2 epochs x 12 batches, logged every iteration
     assert [r["iter"] for r in a] == [r["iter"] for r in b]
     for ra, rb in zip(a, b):
         for k in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "lr"):
@@ -82,9 +68,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     work = tmp_path / "work"
-    train(load_config(CONFIG, tiny(tmp_path, "train.epochs=1")), str(work))
+    train(load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "train.epochs=1")), str(work))
     before = (work / "latest.pth").read_bytes()
-    cfg = load_config(CONFIG, tiny(tmp_path, "train.epochs=3", "train.lr=1e30", "train.warmup_iters=0"))
+    cfg = load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "train.epochs=3", "train.lr=1e30",
+                                                          "train.warmup_iters=0"))
     with pytest.raises(TrainingError, match=r"loss_\w+ is (nan|inf|-inf) at iteration \d+"):
         train(cfg, str(work))
     assert (work / "latest.pth").read_bytes() == before
@@ -92,7 +79,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 def test_sigint_saves_latest_and_exits_130(tmp_path):
     work = tmp_path / "work"
-    args = ["tools/train_det.py", CONFIG, "--work-dir", str(work), "--set", *tiny(tmp_path, "train.epochs=50")]
+    args = ["tools/train_det.py", SHAPES_CONFIG, "--work-dir", str(work), "--set",
+            *tiny_train_overrides(tmp_path, "train.epochs=50")]
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (work / "log.jsonl").exists():
@@ -107,7 +95,8 @@ def test_sigint_saves_latest_and_exits_130(tmp_path):
     assert not list(work.glob(".tmp_*"))  # no torn temp files left behind
     # resuming finishes the interrupted epoch (12 batches of 2) and no more
     epochs = ckpt["epoch"] + 1
-    train(load_config(CONFIG, tiny(tmp_path, f"train.epochs={epochs}")), str(work), resume="auto")
+    train(load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, f"train.epochs={epochs}")), str(work),
+          resume="auto")
     assert load_checkpoint(str(work / "latest.pth"))["iteration"] == 12 * epochs
 
 
@@ -117,6 +106,7 @@ def test_mid_epoch_start_skips_batches_unloaded():
     sampler = GroupedBatchSampler(SeededSampler(10, shuffle=True, seed=0), [0, 1] * 5, 2)
     sampler.set_epoch(3)
     full = list(sampler)
+    assert len(full) == 5
     sampler.set_epoch(3, start=2)
     assert list(sampler) == full[2:] and len(sampler) == len(full) - 2
 
@@ -124,9 +114,9 @@ def test_mid_epoch_start_skips_batches_unloaded():
 def test_ddp_gloo_two_processes(tmp_path):
     work = tmp_path / "work"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = run_tool(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                    "tools/train_det.py", CONFIG, "--work-dir", str(work), "--device", "cpu", "--set",
-                    *tiny(tmp_path, "train.epochs=1")], env=env)
+    out = run_tool(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                    "tools/train_det.py", SHAPES_CONFIG, "--work-dir", str(work), "--device", "cpu", "--set",
+                    *tiny_train_overrides(tmp_path, "train.epochs=1")], env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "x2" in out.stderr + out.stdout  # the log names the world size
     ckpt = load_checkpoint(str(work / "latest.pth"))
@@ -143,6 +133,6 @@ def test_missing_data_is_one_line_error(tmp_path):
 
 
 def test_bad_config_key_is_one_line_error(tmp_path):
-    out = run_tool(["tools/train_det.py", CONFIG, "--set", "train.lrr=0.1"])
+    out = run_tool(["tools/train_det.py", SHAPES_CONFIG, "--set", "train.lrr=0.1"])
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "did you mean 'train.lr'" in out.stderr

@@ -242,49 +242,40 @@ class Trainer:
         total = self.iters_per_epoch
         bar = tqdm(total=total, initial=skip, desc=f"epoch {st.epoch + 1}/{cfg.train.epochs}", unit="it",
                    disable=not self.main, dynamic_ncols=True)
+        window: dict = {}  # loss sums since the last log record
+        t0, n_img = time.perf_counter(), 0
         try:  # the bar ends its line even when a batch fails, so an error starts on a line of its own
-            window: dict = {}
-            t0, n_img = time.perf_counter(), 0
-            for i, (images, targets) in enumerate(self._batches(), start=skip):
+            for i, (images, targets) in enumerate(self.loader, start=skip):
                 losses = self.step(images, targets)
                 st.iteration += 1
                 st.iter_in_epoch = i + 1
                 n_img += len(images) * ddp.world_size()
                 for k, v in losses.items():
                     window[k] = window.get(k, 0.0) + v
-                count = st.iter_in_epoch - skip
-                rate = n_img / (time.perf_counter() - t0)
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr, rate = self.optimizer.param_groups[0]["lr"], n_img / (time.perf_counter() - t0)
                 bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in losses.items()} | {
                     "lr": f"{lr:.2e}", "img/s": f"{rate:.1f}"})
                 bar.update(1)
+                count = st.iter_in_epoch - skip
                 if count % cfg.train.log_interval == 0 or st.iter_in_epoch == total:
-                    n = count % cfg.train.log_interval or cfg.train.log_interval
-                    rec = {k: v / n for k, v in window.items()}
-                    self.log.record({"mode": "train", "epoch": st.epoch + 1, "iter": st.iteration, "lr": lr,
-                                     "loss": sum(rec.values()), **rec, "img_per_s": rate})
+                    self._log_window(window, count % cfg.train.log_interval or cfg.train.log_interval, lr, rate)
                     window = {}
                 if self.stop_signal is not None or self._done():
                     break
+        except RuntimeError as e:  # the loader's SIGCHLD handler raises wherever the main thread is
+            if "DataLoader worker" not in str(e):
+                raise
+            raise TrainingError(f"{str(e).strip().splitlines()[0]} at iteration {st.iteration + 1} (epoch "
+                                f"{st.epoch + 1}); killed or out of memory? the last checkpoint in {self.work_dir} "
+                                "is intact: continue with --resume auto") from None
         finally:
             bar.close()
 
-    def _batches(self):
-        """The loader's batches; a data-loader worker that dies (killed, out of memory) ends the run with
-        one line instead of the loader's traceback. The last checkpoint is untouched."""
-        it = iter(self.loader)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as e:
-                if "DataLoader worker" not in str(e):
-                    raise
-                raise TrainingError(f"{str(e).strip().splitlines()[0]} at iteration {self.state.iteration + 1} "
-                                    f"(epoch {self.state.epoch + 1}); killed or out of memory? the last "
-                                    f"checkpoint in {self.work_dir} is intact: continue with --resume auto") from None
-            yield batch
+    def _log_window(self, window: dict, n: int, lr: float, rate: float) -> None:
+        """One log.jsonl record: each loss term averaged over the last `n` iterations."""
+        rec = {k: v / n for k, v in window.items()}
+        self.log.record({"mode": "train", "epoch": self.state.epoch + 1, "iter": self.state.iteration, "lr": lr,
+                         "loss": sum(rec.values()), **rec, "img_per_s": rate})
 
     def step(self, images: list, targets: list) -> dict:
         """One SGD step; returns the loss terms as floats. Stops on NaN/inf, reports OOM helpfully."""
