@@ -2,6 +2,7 @@
 latest.pth, a data-loader worker that dies. Each ends in one clear line and a resumable work folder."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import torch
 from conftest import ROOT, SHAPES_CONFIG, run_tool, tiny_train_overrides
@@ -105,6 +107,18 @@ def test_corrupt_latest_names_the_newest_intact_epoch(tmp_path):
     r = run_tool(args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert load_checkpoint(str(latest))["epoch"] == 3
+    records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert len(records) > 8 and all(datetime.fromisoformat(r["time"]).tzinfo for r in records)  # wall clock, UTC
+
+
+def test_resume_with_a_config_that_does_not_fit_is_one_line(tmp_path):
+    over = small_run(tmp_path, "train.epochs=1")
+    work = tmp_path / "w"
+    assert run_tool(train_args(work, over)).returncode == 0
+    r = run_tool(train_args(work, over + ["train.epochs=2", "model.roi_head.fc_dim=64"]))
+    line = error_line(r)
+    assert r.returncode == 2 and "latest.pth: roi_head.fc6.weight has shape (128, 3136) in the checkpoint but (64, 3136)" in line
+    assert "fc_dim" in line
 
 
 def _children(pid: int) -> list:

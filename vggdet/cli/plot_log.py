@@ -10,6 +10,7 @@ import json
 import os
 
 from vggdet.cli import command
+from vggdet.fileio import ensure_writable
 
 
 def read_log(path: str) -> tuple[list, list]:
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
         raise FileNotFoundError(f"no training log at {log}")
     train, evals = read_log(log)
     out = args.out or os.path.join(args.work_dir, "log.png")
+    ensure_writable(os.path.dirname(os.path.abspath(out)))
     plot(train, evals, out)
     print(f"wrote {out} ({len(train)} training records, {len(evals)} evaluations)")
     return 0
