@@ -15,6 +15,8 @@ torch.cuda.max_memory_allocated. Variants:
   vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
   torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
+  vgg19           vggdet as shipped with model.backbone.depth=19 (its own random weights), to time
+                  VGG19 against VGG16 in the same run
 --amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, ti
 
 from vggdet import build_detector, load_config  # noqa: E402
 
-ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16"]
+ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19"]
 
 
 def winograd_switch(variant: str):
@@ -61,6 +63,9 @@ def build(variants: list, device: str, num_classes: int, overrides: list) -> dic
             models[v] = torchvision_twin(model).eval()
         elif v == "torchvision-cl":
             models[v] = torchvision_twin(model, channels_last=True).eval()
+        elif v == "vgg19":
+            cfg = load_config(None, [f"model.num_classes={num_classes}", "model.backbone.depth=19"] + overrides)
+            models[v] = build_detector(cfg).to(device).eval()
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
     for switch, m in vggdet.items():
@@ -84,7 +89,7 @@ def runner(name: str, models: dict, device: str, amp: str | None):
 def rss_child(a) -> None:
     """--rss-of VARIANT: one warm-up and one timed batch of the largest size, then print the peak RSS."""
     models = build([a.rss_of], "cpu", a.num_classes, a.set)
-    if not a.rss_of.startswith("vggdet"):  # keep only the twin alive
+    if a.rss_of.startswith("torchvision"):  # keep only the twin alive
         models = {a.rss_of: models[a.rss_of]}
     run = runner(a.rss_of, models, "cpu", a.amp_dtype)
     images = jpeg_like_images(max(a.batch))

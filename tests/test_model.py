@@ -185,6 +185,42 @@ def test_load_torchvision_format_vgg16_weights(tmp_path):
         build_detector(load_config(None, [f"model.backbone.weights={tmp_path / 'nope.pth'}"]))
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+def test_every_vgg_depth_equals_torchvision_features(tmp_path, depth, batch_norm):
+    """The backbone of each depth, loaded through the config key, equals torchvision's features[:-1]."""
+    import torchvision
+
+    torch.manual_seed(depth)
+    tv = getattr(torchvision.models, f"vgg{depth}{'_bn' if batch_norm else ''}")(weights=None).eval()
+    for m in tv.features:
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial running statistics, so they must load too
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save({k: v for k, v in tv.state_dict().items() if k.startswith("features.")}, tmp_path / "w.pth")
+    cfg = load_config(None, [f"model.backbone.depth={depth}", f"model.backbone.batch_norm={batch_norm}",
+                             f"model.backbone.weights={tmp_path / 'w.pth'}", "model.num_classes=2",
+                             "model.roi_head.fc_dim=16", "model.roi_head.fc6_rank=4", "model.roi_head.fc7_rank=4"])
+    backbone = build_detector(cfg).backbone.eval()  # SVD heads: no classifier.0/3 needed in the file
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.body)
+    assert convs == {11: 8, 13: 10, 16: 13, 19: 16}[depth]
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), tv.features[:-1](x), rtol=1e-5, atol=1e-5)
+    assert backbone(x).shape == (2, 512, 4, 5)  # stride 16
+
+
+def test_weights_of_another_depth_are_one_clear_error(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.vgg11(weights=None).state_dict(), tmp_path / "vgg11.pth")
+    cfg = load_config(None, [f"model.backbone.weights={tmp_path / 'vgg11.pth'}"])
+    with pytest.raises(WeightsError, match=r"a VGG11 state_dict, but the model is VGG16 \(model.backbone.depth=16"):
+        build_detector(cfg)
+    with pytest.raises(ConfigError, match="model.backbone.depth"):
+        load_config(None, ["model.backbone.depth=17"])
+
+
 def test_pretrained_weights_need_full_width(tmp_path):
     import torchvision
 

@@ -34,9 +34,11 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------- model
 @dataclass
 class BackboneConfig:
+    depth: Literal[11, 13, 16, 19] = 16  # VGG11/13/16/19 (the VGG paper's A, B, D, E); 16 = the papers' recipe
     width: float = 1.0  # channel multiplier on VGG16's 64..512 (tiny test models use 1/8)
     freeze_at: int = 2  # freeze conv blocks 1..freeze_at (2 = conv1+conv2, the papers' recipe); 0 = none
-    # torchvision-format VGG16 state_dict path, or "IMAGENET1K_V1" (torchvision weights API, needs network).
+    # torchvision-format VGG state_dict path (of this depth), or "IMAGENET1K_V1" (torchvision weights API,
+    # needs network).
     weights: Optional[str] = None
     caffe_input: bool = False  # BGR, 0..255, minus caffe pixel means (for caffe-converted weights)
     batch_norm: bool = False  # torchvision's vgg16_bn layout (features[:43]); helps training from scratch

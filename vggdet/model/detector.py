@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from vggdet.config import Config
 from vggdet.model import winograd
-from vggdet.model.backbone import VGG16Backbone, load_backbone_weights, load_vgg16_state_dict
+from vggdet.model.backbone import VGGBackbone, load_backbone_weights, load_vgg_state_dict
 from vggdet.model.roi_head import RoIHead
 from vggdet.model.rpn import RPN
 from vggdet.model.transform import InputTransform
@@ -30,7 +30,7 @@ class FasterRCNN(nn.Module):
     stays correct (the converted convs fall back to the regular conv there), as do grad and autocast.
     """
 
-    def __init__(self, transform: InputTransform, backbone: VGG16Backbone, rpn: Optional[RPN], roi_head: RoIHead):
+    def __init__(self, transform: InputTransform, backbone: VGGBackbone, rpn: Optional[RPN], roi_head: RoIHead):
         super().__init__()
         self.transform, self.backbone, self.rpn, self.roi_head = transform, backbone, rpn, roi_head
         # Memory format of the conv input: True / False force it; None = auto (see `_channels_last`).
@@ -122,7 +122,7 @@ def _xyxy_factors(scale: tuple, like: Tensor) -> Tensor:
 def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
     """Config -> model. Loads `model.backbone.weights` (VGG16 convs and fc6/fc7) when set."""
     m = cfg.model
-    backbone = VGG16Backbone(width=m.backbone.width, freeze_at=m.backbone.freeze_at,
+    backbone = VGGBackbone(depth=m.backbone.depth, width=m.backbone.width, freeze_at=m.backbone.freeze_at,
                              batch_norm=m.backbone.batch_norm)
     transform = InputTransform(min_size=m.input.min_size, max_size=m.input.max_size,
                                size_divisible=m.input.size_divisible, test_min_size=m.input.test_min_size,
@@ -145,7 +145,7 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
                        bg_iou_hi=h.bg_iou_hi, bg_iou_lo=h.bg_iou_lo, bbox_stds=tuple(h.bbox_stds), sigma=h.sigma,
                        score_thresh=score_thresh, nms_thresh=h.nms_thresh, detections_per_img=h.detections_per_img)
     if load_weights and m.backbone.weights:
-        sd = load_vgg16_state_dict(m.backbone.weights)
+        sd = load_vgg_state_dict(m.backbone.weights, m.backbone.depth, m.backbone.batch_norm)
         fc6 = roi_head.fc6 if isinstance(roi_head.fc6, nn.Linear) else None
         fc7 = roi_head.fc7 if isinstance(roi_head.fc7, nn.Linear) else None
         load_backbone_weights(backbone, fc6, fc7, sd, source=m.backbone.weights)
