@@ -80,7 +80,11 @@ class RoIHeadConfig:
     bbox_stds: list = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     sigma: float = 1.0
     score_thresh: float = 0.05  # detections below are dropped before NMS (`runtime.score_thresh` overrides)
-    nms_thresh: float = 0.3
+    nms_thresh: float = 0.3  # IoU above which NMS suppresses (Soft-NMS linear: decays)
+    nms: Literal["nms", "soft_linear", "soft_gaussian"] = "nms"  # Soft-NMS: Bodla et al. 2017
+    nms_sigma: float = 0.5  # soft_gaussian: s *= exp(-IoU^2 / sigma), the paper's 0.5
+    soft_nms_min_score: float = 0.001  # Soft-NMS drops boxes whose decayed score falls below this
+    class_agnostic_nms: bool = False  # one NMS over all classes per image, each RoI keeping its best class
     detections_per_img: int = 100
 
 

@@ -143,7 +143,9 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
                        fc_dim=h.fc_dim, fc6_rank=h.fc6_rank, fc7_rank=h.fc7_rank, dropout=h.dropout,
                        batch_size_per_image=h.batch_size_per_image, fg_fraction=h.fg_fraction, fg_iou=h.fg_iou,
                        bg_iou_hi=h.bg_iou_hi, bg_iou_lo=h.bg_iou_lo, bbox_stds=tuple(h.bbox_stds), sigma=h.sigma,
-                       score_thresh=score_thresh, nms_thresh=h.nms_thresh, detections_per_img=h.detections_per_img)
+                       score_thresh=score_thresh, nms_thresh=h.nms_thresh, detections_per_img=h.detections_per_img,
+                       nms=h.nms, nms_sigma=h.nms_sigma, soft_nms_min_score=h.soft_nms_min_score,
+                       class_agnostic_nms=h.class_agnostic_nms)
     if load_weights and m.backbone.weights:
         sd = load_vgg_state_dict(m.backbone.weights, m.backbone.depth, m.backbone.batch_norm)
         fc6 = roi_head.fc6 if isinstance(roi_head.fc6, nn.Linear) else None

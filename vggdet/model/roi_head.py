@@ -9,9 +9,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, roi_align, roi_pool
+from torchvision.ops import roi_align, roi_pool
 
 from vggdet.model.boxes import BoxCoder, match, sample_balanced, smooth_l1
+from vggdet.model.nms import grouped_nms
 
 
 def linear(in_dim: int, out_dim: int, rank: Optional[int]) -> nn.Module:
@@ -26,7 +27,8 @@ class RoIHead(nn.Module):
                  sampling_ratio: int, fc_dim: int, fc6_rank: Optional[int], fc7_rank: Optional[int],
                  dropout: float, batch_size_per_image: int, fg_fraction: float, fg_iou: float,
                  bg_iou_hi: float, bg_iou_lo: float, bbox_stds: tuple, sigma: float, score_thresh: float,
-                 nms_thresh: float, detections_per_img: int):
+                 nms_thresh: float, detections_per_img: int, nms: str = "nms", nms_sigma: float = 0.5,
+                 soft_nms_min_score: float = 0.001, class_agnostic_nms: bool = False):
         super().__init__()
         self.pool, self.pool_size, self.spatial_scale = pool, pool_size, spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -45,6 +47,8 @@ class RoIHead(nn.Module):
         self.fg_iou, self.bg_iou_hi, self.bg_iou_lo = fg_iou, bg_iou_hi, bg_iou_lo
         self.sigma = sigma
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.nms, self.nms_sigma, self.soft_nms_min_score = nms, nms_sigma, soft_nms_min_score
+        self.class_agnostic_nms = class_agnostic_nms
 
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: Optional[list[dict]] = None) -> tuple[Optional[list[dict]], dict]:
@@ -111,9 +115,11 @@ class RoIHead(nn.Module):
     @torch.no_grad()
     def postprocess(self, scores: Tensor, deltas: Tensor, rois: list[Tensor],
                     image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Softmax, per-class boxes, clip, score > thresh, per-class NMS, top `detections_per_img`.
+        """Softmax, per-class boxes, clip, score > thresh, NMS, top `detections_per_img`.
 
-        Vectorised over the batch: one decode and one batched_nms keyed by (image, class).
+        NMS per (image, class), or per image with `class_agnostic_nms` (each RoI then keeps only its best
+        class); `nms` picks hard NMS or Soft-NMS (vggdet/model/nms.py). Vectorised over the batch: one
+        decode and one grouped NMS for all images.
         """
         k1 = self.num_classes + 1
         counts = [r.shape[0] for r in rois]
@@ -123,16 +129,24 @@ class RoIHead(nn.Module):
         boxes = self.coder.decode(deltas.float(), torch.cat(rois).float()).view(-1, k1, 4)[:, 1:]
         size = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
         boxes = torch.minimum(boxes.clamp(min=0), size[img][:, None, :])
-        labels = torch.arange(1, k1, device=boxes.device).expand_as(probs)
+        if self.class_agnostic_nms:  # one candidate per RoI: its best class and that class's box
+            probs, best = probs.max(dim=1, keepdim=True)
+            boxes = boxes.gather(1, best[..., None].expand(-1, -1, 4))
+            labels = best + 1
+        else:
+            labels = torch.arange(1, k1, device=boxes.device).expand_as(probs)
         img = img[:, None].expand_as(probs)
         keep = probs > self.score_thresh
         boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
         wh = boxes[:, 2:] - boxes[:, :2]
         keep = (wh > 1e-2).all(dim=1)
         boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
-        kept = batched_nms(boxes, probs, img * k1 + labels, self.nms_thresh)  # descending score
+        groups = img if self.class_agnostic_nms else img * k1 + labels
+        kept, scores = grouped_nms(boxes, probs, groups, method=self.nms, iou_thresh=self.nms_thresh,
+                                   sigma=self.nms_sigma, min_score=self.soft_nms_min_score)  # descending score
         out = []
         for i in range(len(rois)):
-            k = kept[img[kept] == i][: self.detections_per_img]
-            out.append({"boxes": boxes[k], "labels": labels[k], "scores": probs[k]})
+            mine = img[kept] == i
+            k, s = kept[mine][: self.detections_per_img], scores[mine][: self.detections_per_img]
+            out.append({"boxes": boxes[k], "labels": labels[k], "scores": s})
         return out
