@@ -172,10 +172,19 @@ class TrainConfig:
 
 
 @dataclass
+class TTAConfig:
+    """Test-time augmentation for tools/test_det.py, tools/infer.py --tta and Detector (vggdet/model/tta.py)."""
+
+    hflip: bool = False  # also run on the horizontally flipped image
+    scales: list = field(default_factory=list)  # extra shorter-side sizes, e.g. [480, 720]
+
+
+@dataclass
 class TestConfig:
     metric: Literal["voc07", "voc10", "coco"] = "voc07"
     iou_thresh: float = 0.5
     batch_size: int = 1
+    tta: TTAConfig = field(default_factory=TTAConfig)  # off by default: the plain path pays nothing
 
 
 @dataclass

@@ -17,6 +17,7 @@ from vggdet import distributed as ddp
 from vggdet.checkpoint import load_detector
 from vggdet.data import build_dataloader
 from vggdet.evaluation import evaluate
+from vggdet.model.tta import with_tta
 from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
 
 __all__ = ["predict_dataset", "evaluate_model", "evaluate_checkpoint"]
@@ -75,7 +76,7 @@ def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Opti
     distributed = ddp.setup_distributed(device)
     try:
         loader = build_dataloader(cfg, "test", distributed)
-        model.to(device)
+        model = with_tta(model, cfg.test.tta.hflip, cfg.test.tta.scales).to(device)
         return evaluate_model(model, loader, device, cfg.test.metric, cfg.test.iou_thresh, results_dir,
                               amp_dtype(cfg.runtime, device))
     finally:

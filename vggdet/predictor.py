@@ -12,6 +12,7 @@ import torch
 
 from vggdet.checkpoint import load_detector
 from vggdet.model.detector import FasterRCNN
+from vggdet.model.tta import with_tta
 from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
 
 __all__ = ["Detector", "ImageLike"]
@@ -29,7 +30,8 @@ class Detector:
         runtime = config.runtime if config is not None else None
         self.device = resolve_device(device if device is not None else runtime.device if runtime else None)
         self.dtype = amp_dtype(runtime, self.device) if runtime is not None else None
-        self.model = model.to(self.device).eval()
+        tta = config.test.tta if config is not None else None
+        self.model = (with_tta(model, tta.hflip, tta.scales) if tta else model).to(self.device).eval()
         self.classes = list(classes)
 
     @classmethod

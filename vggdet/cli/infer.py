@@ -32,6 +32,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                    help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read frames from a camera")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: add the flipped image "
+                   "(and test.tta.scales, e.g. --set 'test.tta.scales=[480,720]'); merged by per-class NMS")
     add_runtime_arguments(p)
     add_set_argument(p)
     a = p.parse_args(split_set_items(argv))
@@ -62,7 +64,8 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     ensure_writable(a.out)  # before the model loads: a bad --out fails in a second, not after minutes
     # the model's own cut-off, so it skips less work; the user's --set items still win
-    overrides = [f"runtime.score_thresh={a.score_thr}"] + runtime_overrides(a)
+    overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
+        + runtime_overrides(a)
     det = Detector.from_checkpoint(a.checkpoint, config=a.config, overrides=overrides)
     if det.config.model.proposals != "rpn":
         raise ValueError(f"{a.checkpoint}: model.proposals={det.config.model.proposals!r}; "
