@@ -256,3 +256,24 @@ def test_cli_nothing_to_do_and_unknown_class(env, tmp_path, capsys):
                                     "--out", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and "missing.pt" in err
     assert os.listdir(tmp_path) == []
+
+
+def test_torchrun_two_processes_write_what_one_process_writes(env, tmp_path):
+    """Images in shards and whole videos per process; one detections.jsonl in input order, each output once."""
+    d, _ = env
+    from conftest import free_port
+
+    args = [str(d / "full.pt"), str(d / "imgs"), str(d / "clip.mp4"), *LOW, "--every", "8", "--format", "coco"]
+    one = _cli(*args, "--out", str(tmp_path / "one"))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "tools/infer.py", *args, "--out", str(tmp_path / "two"), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == run.returncode == 1, run.stderr[-3000:]  # bad.jpg fails in both
+    assert run.stderr.count("bad.jpg") == 1  # reported once, by the process that had it
+    for name in ("detections.jsonl", "detections_coco.json", "clip.jsonl"):
+        a, b = (tmp_path / "one" / name).read_text(), (tmp_path / "two" / name).read_text()
+        assert len(a) > 100 and a == b, name
+    files = sorted(str(p.relative_to(tmp_path / "one")) for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert "images: 3" in run.stdout and "videos: 1" in run.stdout

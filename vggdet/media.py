@@ -32,7 +32,7 @@ from vggdet.fileio import atomic_path, write_json
 from vggdet.visualize import draw_boxes
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "collect_inputs", "output_names", "filter_detections",
-           "detections_to_json", "coco_rows", "draw_detections", "predict_timed", "safe_output", "run_images", "format_summary"]
+           "detections_to_json", "coco_rows", "write_image_results", "draw_detections", "predict_timed", "safe_output", "run_images", "format_summary"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -53,6 +53,20 @@ class InferenceStats:
     failed: list = field(default_factory=list)  # one-line messages, each naming the input
     outputs: list = field(default_factory=list)
     interrupted: str = ""  # set by Ctrl-C during a video: where its outputs stop
+    records: list = field(default_factory=list)  # detections.jsonl records of the images, in input order
+    coco: list = field(default_factory=list)  # per record, its COCO results rows (with coco=True)
+
+    def merge(self, other: InferenceStats) -> None:
+        """Add another process's counts (multi-process inference); records stay to be ordered by the caller."""
+        for name in ("images", "videos", "frames", "image_model_s", "image_model_n", "frame_model_s",
+                     "frame_model_n"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.per_class.update(other.per_class)
+        self.failed += other.failed
+        self.outputs += other.outputs
+        self.records += other.records
+        self.coco += other.coco
+        self.interrupted = self.interrupted or other.interrupted
 
     def fail(self, message: str) -> None:
         self.failed.append(message)
@@ -194,19 +208,20 @@ def _batches(paths: list, batch: int) -> Iterator[tuple]:
 
 def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, keep: Optional[set] = None,
                batch: int = 1, draw: bool = True, names: Optional[dict] = None, coco: bool = False,
-               stats: Optional[InferenceStats] = None, progress: Optional[bool] = None) -> InferenceStats:
+               stats: Optional[InferenceStats] = None, progress: Optional[bool] = None,
+               write: bool = True) -> InferenceStats:
     """Detect on `paths` in batches of `batch`; write annotated copies and `out_dir/detections.jsonl`.
 
     `names` maps a path to its output name (default: `output_names(paths)`); `keep` is a set of class names.
     `coco` also writes `out_dir/detections_coco.json` (see `coco_rows`). An unreadable image is reported
-    and counted in `stats.failed`; the others still run.
+    and counted in `stats.failed`; the others still run. The JSONL records (and COCO rows) are also kept
+    in `stats.records` / `stats.coco`; `write=False` leaves the two files to the caller (one process
+    of several writes them all: `write_image_results`).
     """
     stats = stats or InferenceStats()
     names = names or output_names(paths)
-    jsonl = os.path.join(out_dir, "detections.jsonl")
-    coco_results: list = []
     bar = tqdm(total=len(paths), unit="img", disable=None if progress is None else not progress)
-    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    try:
         for chunk, images in _batches(paths, max(1, batch)):
             ok = [(p, im) for p, im in zip(chunk, images) if not isinstance(im, Exception)]
             for im in images:
@@ -220,22 +235,33 @@ def run_images(detector, paths: list, out_dir: str, *, score_thr: float = 0.5, k
             for (path, image), det in zip(ok, dets):
                 det = filter_detections(det, score_thr, keep)
                 h, w = image.shape[:2]
-                record = {"file": path, "width": w, "height": h, "detections": detections_to_json(det, w, h)}
-                f.write(json.dumps(record) + "\n")
+                stats.records.append({"file": path, "width": w, "height": h,
+                                      "detections": detections_to_json(det, w, h)})
                 if coco:
-                    coco_results += coco_rows(path, det, w, h)
+                    stats.coco.append(coco_rows(path, det, w, h))
                 stats.per_class.update(det["names"])
                 stats.images += 1
                 if draw:
                     _write_image(safe_output(out_dir, names[path], path), draw_detections(image, det))
             bar.update(len(chunk))
-        f.flush()
-    bar.close()
-    stats.outputs.append(jsonl)
-    if coco:
-        write_json(os.path.join(out_dir, "detections_coco.json"), coco_results, indent=None)
-        stats.outputs.append(os.path.join(out_dir, "detections_coco.json"))
+    finally:
+        bar.close()
+    if write:
+        stats.outputs += write_image_results(out_dir, stats.records, stats.coco if coco else None)
     return stats
+
+
+def write_image_results(out_dir: str, records: list, coco: Optional[list] = None) -> list:
+    """`out_dir/detections.jsonl` (one record a line, in the given order) and, when `coco` (each record's
+    rows) is given, `out_dir/detections_coco.json`, each written atomically; returns their paths."""
+    jsonl = os.path.join(out_dir, "detections.jsonl")
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    if coco is None:
+        return [jsonl]
+    write_json(os.path.join(out_dir, "detections_coco.json"), [row for rows in coco for row in rows], indent=None)
+    return [jsonl, os.path.join(out_dir, "detections_coco.json")]
 
 
 def coco_rows(path: str, det: dict, width: int, height: int) -> list:

@@ -52,41 +52,27 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 @command
 def main(argv: Optional[list] = None) -> int:
     a = parse_args(argv)
+    from vggdet import distributed as ddp
     from vggdet.fileio import ensure_writable
-    from vggdet.media import InferenceStats, collect_inputs, format_summary, output_names, run_images
-    from vggdet.predictor import Detector
-    from vggdet.video import run_camera, run_video
+    from vggdet.media import collect_inputs, format_summary
 
     images, videos, missing = collect_inputs(a.inputs)
-    for pattern in missing:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    for pattern in missing if main_rank else []:
         print(f"error: no image or video matches {pattern!r}", file=sys.stderr)
     if not images and not videos and a.camera is None:
         return 2
     ensure_writable(a.out)  # before the model loads: a bad --out fails in a second, not after minutes
-    # the model's own cut-off, so it skips less work; the user's --set items still win
-    overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
-        + runtime_overrides(a)
-    det = Detector.from_checkpoint(a.checkpoint, config=a.config, overrides=overrides)
-    if det.config.model.proposals != "rpn":
-        raise ValueError(f"{a.checkpoint}: model.proposals={det.config.model.proposals!r}; "
-                         "inference needs a model with an RPN")
-    keep = _class_filter(a.classes, det.classes)
-
-    common = dict(score_thr=a.score_thr, keep=keep, batch=a.batch)
-    stats = InferenceStats()
+    det = _detector(a)
     try:
-        if images:
-            run_images(det, images, a.out, draw=not a.no_draw, coco=a.format == "coco", stats=stats, **common)
-        names = output_names(videos, strip_ext=True, reserved=("detections",))
-        for video in videos:
-            run_video(det, video, a.out, every=a.every, name=names[video], stats=stats, **common)
-            if stats.interrupted:
-                break
-        if a.camera is not None and not stats.interrupted:
-            run_camera(det, a.camera, a.out, every=a.every, stats=stats, **common)
+        stats = _run(a, det, images, videos)
     except KeyboardInterrupt:
         print("\ninterrupted; unfinished outputs removed", file=sys.stderr)
         return 130
+    finally:
+        ddp.cleanup()
+    if stats is None:  # not the main process of several
+        return 0
     print(format_summary(stats, det.classes, os.path.abspath(a.out)))
     if stats.interrupted:
         print(stats.interrupted, file=sys.stderr)
@@ -95,6 +81,61 @@ def main(argv: Optional[list] = None) -> int:
     if failed:
         print(f"{failed} input(s) failed (see the errors above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _detector(a: argparse.Namespace):
+    from vggdet import distributed as ddp
+    from vggdet.predictor import Detector
+    from vggdet.runtime import resolve_device
+
+    # the model's own cut-off, so it skips less work; the user's --set items still win
+    overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
+        + runtime_overrides(a)
+    device = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each process on its own GPU (or the CPU)
+        device = ddp.local_device(resolve_device(a.device))
+        ddp.setup_distributed(device)
+    det = Detector.from_checkpoint(a.checkpoint, device=device, config=a.config, overrides=overrides)
+    if det.config.model.proposals != "rpn":
+        raise ValueError(f"{a.checkpoint}: model.proposals={det.config.model.proposals!r}; "
+                         "inference needs a model with an RPN")
+    det.keep = _class_filter(a.classes, det.classes)
+    return det
+
+
+def _run(a: argparse.Namespace, det, images: list, videos: list):
+    """Images in shards and whole videos spread over the processes (one process: all of them); rank 0
+    gathers the counts and writes detections.jsonl in input order. Returns the stats on rank 0, else None."""
+    from vggdet import distributed as ddp
+    from vggdet.media import InferenceStats, output_names, run_images, write_image_results
+    from vggdet.video import run_camera, run_video
+
+    rank, world = ddp.rank(), ddp.world_size()
+    common = dict(score_thr=a.score_thr, keep=det.keep, batch=a.batch)
+    stats = InferenceStats()
+    if images:
+        run_images(det, images[rank::world], a.out, draw=not a.no_draw, coco=a.format == "coco",
+                   names=output_names(images), stats=stats, write=False, **common)
+    names = output_names(videos, strip_ext=True, reserved=("detections",))
+    for video in videos[rank::world]:
+        run_video(det, video, a.out, every=a.every, name=names[video], stats=stats, **common)
+        if stats.interrupted:
+            break
+    if a.camera is not None and rank == 0 and not stats.interrupted:
+        run_camera(det, a.camera, a.out, every=a.every, stats=stats, **common)
+    parts = ddp.gather_to_main(stats)
+    if not ddp.is_main():
+        return None
+    total = InferenceStats()
+    for part in parts:
+        total.merge(part)
+    if images:  # the shards' records back in input order, with their COCO rows
+        order = {path: i for i, path in enumerate(images)}
+        idx = sorted(range(len(total.records)), key=lambda k: order[total.records[k]["file"]])
+        records = [total.records[k] for k in idx]
+        coco = [total.coco[k] for k in idx] if a.format == "coco" else None
+        total.outputs += write_image_results(a.out, records, coco)
+    return total
 
 
 def _class_filter(text: Optional[str], classes: list) -> Optional[set]:
