@@ -177,23 +177,11 @@ class CheckpointDir:
         return self.path("best.pth")
 
     def resume_path(self, resume: str) -> Optional[str]:
-        """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet.
-
-        A latest.pth that cannot be read (a torn copy from another tool, a bad disk) is an error that names
-        the newest epoch_N.pth that can, so no run silently starts again from scratch.
-        """
+        """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet."""
         if resume != "auto":
             return resume
         path = self.path("latest.pth")
-        if not os.path.isfile(path):
-            return None
-        try:
-            load_checkpoint(path)
-        except CheckpointError as e:
-            intact = self._newest_intact_epoch()
-            hint = f"resume from the newest intact one: --resume {intact}" if intact else "no intact epoch_N.pth"
-            raise CheckpointError(f"{e}; {hint}") from None
-        return path
+        return path if os.path.isfile(path) else None
 
     def _newest_intact_epoch(self) -> Optional[str]:
         for path in sorted(glob.glob(self.path("epoch_*.pth")), key=_epoch_number, reverse=True):
@@ -211,10 +199,16 @@ class CheckpointDir:
             os.unlink(path)
         return len(stale)
 
-    @staticmethod
-    def load_for_resume(path: str) -> dict:
-        """A checkpoint that holds the training state; a weights-only one is a clear error."""
-        ckpt = load_checkpoint(path)
+    def load_for_resume(self, path: str) -> dict:
+        """A checkpoint that holds the training state; a weights-only one is a clear error. An unreadable one
+        (a torn copy from another tool, a bad disk) names the newest epoch_N.pth that can be read, so no run
+        silently starts again from scratch."""
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            intact = self._newest_intact_epoch()
+            hint = f"resume from the newest intact one: --resume {intact}" if intact else "no intact epoch_N.pth"
+            raise CheckpointError(f"{e}; {hint}") from None
         missing = [k for k in ("optimizer", "scheduler", "epoch", "rng") if k not in ckpt]
         if missing:
             raise CheckpointError(f"{path}: cannot resume from it (no {', '.join(missing)}); "

@@ -74,11 +74,11 @@ def add_set_argument(p: argparse.ArgumentParser) -> None:
                         "Python literals; null, lists, bare words as strings)")
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser, amp_help: str = "") -> None:
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: runtime.device)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast: float16 on CUDA, bfloat16 on the CPU, or runtime.amp_dtype "
-                        "(default: runtime.amp)" + amp_help)
+                        "(default: runtime.amp)")
 
 
 def runtime_overrides(args: argparse.Namespace) -> list:
