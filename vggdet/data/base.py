@@ -22,39 +22,49 @@ MIN_BOX_SIZE = 1.0  # boxes narrower or lower than this (pixels, after clipping)
 
 def sanitize(record: dict, size: tuple) -> dict:
     """Clip the record's boxes to `size` (h, w) and drop degenerate ones; the full-GT annotation dict."""
-    h, w = size
-    boxes = record["boxes"].copy()
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-    keep = degenerate_free(boxes) & record.get("valid", np.ones(len(boxes), dtype=bool))
+    boxes = clip_boxes(record["boxes"], size)
+    keep = degenerate_free(boxes) & _valid(record)
     return {
         "boxes": boxes[keep],
         "labels": record["labels"][keep],
         "difficult": record["difficult"][keep],
         "iscrowd": record["iscrowd"][keep],
         "image_id": record["image_id"],
-        "orig_size": (int(h), int(w)),
+        "orig_size": (int(size[0]), int(size[1])),
     }
+
+
+def clip_boxes(boxes: np.ndarray, size: tuple) -> np.ndarray:
+    """A copy of xyxy `boxes` clipped to an image of `size` (h, w)."""
+    h, w = size
+    out = boxes.copy()
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    return out
 
 
 def degenerate_free(boxes: np.ndarray) -> np.ndarray:
     return ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
 
 
+def _valid(record: dict) -> np.ndarray:
+    """False for boxes a reader already knows are degenerate as annotated (VOC's zero-area clicks)."""
+    return record.get("valid", np.ones(len(record["boxes"]), dtype=bool))
+
+
 def degenerate_reasons(record: dict, size: tuple) -> list:
     """Why each box that `sanitize` drops is dropped, in box order (for a warning that names them)."""
-    h, w = size
+    boxes, valid = record["boxes"], _valid(record)
+    big_enough = degenerate_free(boxes)  # before clipping
     out = []
-    for box, valid in zip(record["boxes"], record.get("valid", np.ones(len(record["boxes"]), dtype=bool))):
-        x1, y1, x2, y2 = box
-        clipped = np.array([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)])
-        if not valid:
+    for k in np.flatnonzero(~(degenerate_free(clip_boxes(boxes, size)) & valid)):
+        x1, y1, x2, y2 = boxes[k]
+        if not valid[k]:
             out.append("zero area as annotated")
         elif x2 < x1 or y2 < y1:
             out.append("inverted corners")
-        elif not degenerate_free(clipped[None])[0]:
-            inside = degenerate_free(np.array([[x1, y1, x2, y2]]))[0]
-            out.append("outside the image" if inside else f"under {MIN_BOX_SIZE:g} px")
+        else:
+            out.append("outside the image" if big_enough[k] else f"under {MIN_BOX_SIZE:g} px")
     return out
 
 
