@@ -5,6 +5,7 @@ Test modules import the plain names (`from conftest import TINY, run_tool`): pyt
 """
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = str(ROOT / "configs" / "shapes_tiny.py")
+FIXTURES = ROOT / "tests" / "fixtures"
+LEGACY = FIXTURES / "legacy_v1.pt"  # written by vggdet 0.1.0 (commit 228f70e), see tests/fixtures/README.md
+LEGACY_EXPECTED = json.loads((FIXTURES / "legacy_v1_expected.json").read_text())
 
 # A seconds-fast model: VGG16 at 1/8 width, 128-px inputs, 2 classes.
 TINY = ["model.backbone.width=0.125", "model.backbone.freeze_at=0", "model.roi_head.fc_dim=128",
@@ -69,3 +73,14 @@ def bccd_root(shared_data: Path) -> Path:
 def coco128_root(shared_data: Path) -> Path:
     """COCO128: the first 128 COCO train2017 images with their instances annotations."""
     return _need_dir(shared_data / "coco128")
+
+
+@pytest.fixture(scope="session")
+def legacy_shapes(tmp_path_factory) -> Path:
+    """The shapes data the legacy checkpoint (LEGACY) was trained and tested on, generated again."""
+    from vggdet.data.shapes import make_shapes
+
+    s = LEGACY_EXPECTED["shapes"]
+    root = tmp_path_factory.mktemp("legacy") / "shapes"
+    make_shapes(str(root), "voc", s["num_train"], s["num_test"], s["size"], s["seed"])
+    return root

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, run_tool
+from conftest import FIXTURES, LEGACY, TINY, run_tool
+from conftest import LEGACY_EXPECTED as EXPECTED
 
 from vggdet import Detector, build_detector, load_config
 from vggdet.checkpoint import (
@@ -20,21 +21,7 @@ from vggdet.checkpoint import (
     save_checkpoint,
 )
 from vggdet.config import RENAMED, Config
-from vggdet.data import make_shapes
 from vggdet.trainer import train
-
-FIXTURES = ROOT / "tests" / "fixtures"
-LEGACY = FIXTURES / "legacy_v1.pt"  # written by vggdet 0.1.0 (commit 228f70e), see tests/fixtures/README.md
-EXPECTED = json.loads((FIXTURES / "legacy_v1_expected.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def legacy_shapes(tmp_path_factory):
-    """The shapes data the legacy checkpoint was trained and tested on, generated again."""
-    s = EXPECTED["shapes"]
-    root = tmp_path_factory.mktemp("legacy") / "shapes"
-    make_shapes(str(root), "voc", s["num_train"], s["num_test"], s["size"], s["seed"])
-    return root
 
 
 def test_legacy_checkpoint_is_migrated():

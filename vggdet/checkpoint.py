@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -140,12 +140,18 @@ def _likely_cause(key: str) -> str:
     return "another model.backbone.width / rpn.conv_channels (or a CONFIG that does not belong to this checkpoint)"
 
 
-def load_detector(path: str, config: Optional[str] = None, overrides: Optional[list] = None) -> tuple:
-    """(model on the CPU in train mode, Config, class names) from a checkpoint (+ optional CONFIG file)."""
+def load_detector(path: str, config: Optional[str] = None, overrides: Optional[list] = None,
+                  check: Optional[Callable[[Config], None]] = None) -> tuple:
+    """(model on the CPU in train mode, Config, class names) from a checkpoint (+ optional CONFIG file).
+
+    `check(cfg)` runs before the model is built (to reject a config by name, not by a weights mismatch).
+    """
     from vggdet.model.detector import build_detector
 
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path, config, overrides)
+    if check is not None:
+        check(cfg)
     model = build_detector(cfg, load_weights=False)
     load_model_state(model, ckpt["model"], path)
     classes = ckpt.get("classes") or [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]

@@ -6,6 +6,7 @@ dataset order, sharded across ranks under torchrun), `evaluate_model` (+ metrics
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional
 
@@ -18,12 +19,12 @@ from vggdet.checkpoint import load_detector
 from vggdet.data import build_dataloader
 from vggdet.evaluation import evaluate
 from vggdet.model.tta import with_tta
+from vggdet.onnx_predictor import OnnxDetector, is_onnx_file
 from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
 
 __all__ = ["predict_dataset", "evaluate_model", "evaluate_checkpoint"]
 
 
-@torch.inference_mode()
 def predict_dataset(model: torch.nn.Module, loader, device: torch.device, dtype: Optional[torch.dtype] = None,
                     progress: bool = True) -> Optional[list]:
     """Detections for every image of `loader`'s dataset, as numpy dicts in dataset order, on rank 0.
@@ -32,16 +33,26 @@ def predict_dataset(model: torch.nn.Module, loader, device: torch.device, dtype:
     gathers (other ranks get None).
     """
     model.eval()
-    local: dict = {}
-    start, n = time.perf_counter(), 0
-    bar = tqdm(loader, desc="test", unit="batch", disable=not (progress and ddp.is_main()), dynamic_ncols=True)
-    for images, targets in bar:
+
+    def run(images: list, targets: list) -> list:
         images = [i.to(device, non_blocking=True) for i in images]
         props = [t["proposals"].to(device) for t in targets] if "proposals" in targets[0] else None
         with autocast(device, dtype):
             dets = model(images, proposals=props) if props is not None else model(images)
-        for t, d in zip(targets, dets):
-            local[t["index"]] = detections_to_numpy(d)
+        return [detections_to_numpy(d) for d in dets]
+
+    with torch.inference_mode():
+        return _collect(run, loader, progress)
+
+
+def _collect(run, loader, progress: bool) -> Optional[list]:
+    """`run(images, targets)` -> numpy detections over the loader; gathered in dataset order on rank 0."""
+    local: dict = {}
+    start, n = time.perf_counter(), 0
+    bar = tqdm(loader, desc="test", unit="batch", disable=not (progress and ddp.is_main()), dynamic_ncols=True)
+    for images, targets in bar:
+        for t, d in zip(targets, run(images, targets)):
+            local[t["index"]] = d
         n += len(images)
         bar.set_postfix(img_s=f"{n / (time.perf_counter() - start):.1f}")
     parts = ddp.gather_to_main(local)
@@ -69,8 +80,11 @@ def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Opti
     """Score checkpoint `path` on its config's test split: the metrics on rank 0, None on other ranks.
 
     `config`: a config file instead of the embedded config; `overrides`: `key=value` items (device and
-    amp are `runtime.*` keys). Results files go to `results_dir` when given.
+    amp are `runtime.*` keys). Results files go to `results_dir` when given. A `.onnx` export runs in
+    onnxruntime (vggdet/onnx_predictor.py) with the config embedded in it.
     """
+    if is_onnx_file(path):
+        return _evaluate_onnx(path, config, overrides, results_dir)
     model, cfg, _ = load_detector(path, config, overrides)
     device = ddp.local_device(resolve_device(cfg.runtime.device))
     distributed = ddp.setup_distributed(device)
@@ -81,3 +95,20 @@ def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Opti
                               amp_dtype(cfg.runtime, device))
     finally:
         ddp.cleanup()
+
+
+def _evaluate_onnx(path: str, config: Optional[str], overrides: Optional[list],
+                   results_dir: Optional[str]) -> dict:
+    """An ONNX export on its embedded config's test split, in one process."""
+    if config is not None:
+        raise ValueError(f"{path}: an ONNX export carries its config; drop the CONFIG argument")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"{path}: ONNX models are tested in one process; run without torchrun")
+    det = OnnxDetector(path, None, overrides)
+    cfg = det.config
+    loader = build_dataloader(cfg, "test", False)
+    if cfg.model.proposals != "rpn":
+        raise ValueError(f"{path}: the export has no RPN")
+    dets = _collect(lambda images, targets: det.predict_batch(images), loader, True)
+    return evaluate(loader.dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh,
+                    out_dir=results_dir)

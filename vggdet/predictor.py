@@ -13,7 +13,15 @@ import torch
 from vggdet.checkpoint import load_detector
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.tta import with_tta
-from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
+from vggdet.runtime import (
+    amp_dtype,
+    autocast,
+    check_batch,
+    detections_to_numpy,
+    finish_detections,
+    groups_by_size,
+    resolve_device,
+)
 
 __all__ = ["Detector", "ImageLike"]
 
@@ -37,7 +45,17 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str, device: Optional[str] = None, config: Optional[str] = None,
                         overrides: Optional[list] = None) -> Detector:
-        """A checkpoint (its embedded config, or the CONFIG file `config`) with `key=value` overrides."""
+        """A checkpoint (its embedded config, or the CONFIG file `config`) with `key=value` overrides.
+
+        A `.onnx` file from tools/export.py gives an `OnnxDetector` (vggdet/onnx_predictor.py) instead: the
+        same predict / predict_batch / classes / config, run by onnxruntime.
+        """
+        from vggdet.onnx_predictor import OnnxDetector, is_onnx_file
+
+        if is_onnx_file(path):
+            if config is not None:
+                raise ValueError(f"{path}: an ONNX export carries its config; drop the CONFIG argument")
+            return OnnxDetector(path, None if device is None else str(device), overrides)
         model, cfg, classes = load_detector(path, config, overrides)
         return cls(model, classes, device, cfg)
 
@@ -56,28 +74,14 @@ class Detector:
     def predict_batch(self, images: list, score_thresh: Optional[float] = None) -> list:
         """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]},
         keeping scores >= `score_thresh` when given (the model's own cut-off applies first)."""
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"predict_batch takes a list of images, got {type(images).__name__}; use predict()")
-        if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
-            raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+        check_batch(images, score_thresh)
         tensors = [self._to_tensor(i) for i in images]
-        # One forward per image size: padding a mixed-size batch to its largest image changes the features
-        # near the padded edges, so the batch size would change the detections, not just the speed.
-        by_size: dict = {}
-        for k, t in enumerate(tensors):
-            by_size.setdefault(tuple(t.shape[-2:]), []).append(k)
         dets: list = [None] * len(tensors)
         with autocast(self.device, self.dtype):
-            for idx in by_size.values():
+            for idx in groups_by_size([t.shape[-2:] for t in tensors]):
                 for k, d in zip(idx, self.model([tensors[k] for k in idx])):
                     dets[k] = d
-        out = [detections_to_numpy(d) for d in dets]
-        for d in out:
-            if score_thresh is not None:
-                keep = d["scores"] >= score_thresh
-                d.update(boxes=d["boxes"][keep], labels=d["labels"][keep], scores=d["scores"][keep])
-            d["names"] = [self.classes[int(c) - 1] for c in d["labels"]]
-        return out
+        return [finish_detections(detections_to_numpy(d), score_thresh, self.classes) for d in dets]
 
     def predict(self, image: ImageLike, score_thresh: Optional[float] = None) -> dict:
         """One image -> its detections (see `predict_batch`)."""

@@ -1,5 +1,5 @@
 """Where and how a model runs, shared by training and inference: the device, the one autocast rule, and
-model outputs as numpy. Settings come from `cfg.runtime` (vggdet/config.py)."""
+model outputs as numpy; the batch rules both predictors (PyTorch and ONNX Runtime) follow. Settings come from `cfg.runtime` (vggdet/config.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,8 @@ import torch
 
 from vggdet.config import RuntimeConfig
 
-__all__ = ["resolve_device", "amp_dtype", "autocast", "detections_to_numpy"]
+__all__ = ["resolve_device", "amp_dtype", "autocast", "detections_to_numpy", "check_batch", "groups_by_size",
+           "finish_detections"]
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -48,3 +49,32 @@ def detections_to_numpy(det: dict) -> dict:
     """One image's model output (tensors on any device, any float dtype) -> float32 / int64 numpy arrays."""
     return {"boxes": det["boxes"].float().cpu().numpy(), "labels": det["labels"].cpu().numpy(),
             "scores": det["scores"].float().cpu().numpy()}
+
+
+def check_batch(images, score_thresh: Optional[float]) -> None:
+    """The argument checks of `predict_batch`, the same for every backend."""
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"predict_batch takes a list of images, got {type(images).__name__}; use predict()")
+    if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+
+
+def groups_by_size(sizes: list) -> list:
+    """Indices of the images grouped by (H, W), in first-seen order.
+
+    One forward per image size: padding a mixed-size batch to its largest image changes the features
+    near the padded edges, so the batch size would change the detections, not just the speed.
+    """
+    by_size: dict = {}
+    for k, s in enumerate(sizes):
+        by_size.setdefault(tuple(s), []).append(k)
+    return list(by_size.values())
+
+
+def finish_detections(det: dict, score_thresh: Optional[float], classes: list) -> dict:
+    """Keep scores >= `score_thresh` (when given) and add the class "names" [D]."""
+    if score_thresh is not None:
+        keep = det["scores"] >= score_thresh
+        det = {k: v[keep] for k, v in det.items()}
+    det["names"] = [classes[int(c) - 1] for c in det["labels"]]
+    return det

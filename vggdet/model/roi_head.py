@@ -4,7 +4,7 @@ Shapes: N images, R RoIs in the batch, K foreground classes (label 0 = backgroun
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -85,13 +85,16 @@ class RoIHead(nn.Module):
             box_targets.append(t)
         return rois, torch.cat(labels), torch.cat(box_targets)
 
-    def predict(self, features: Tensor, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """RoI features -> (class logits [R,K+1], box deltas [R,4(K+1)])."""
+    def predict(self, features: Tensor, rois: Union[list[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """RoI features -> (class logits [R,K+1], box deltas [R,4(K+1)]).
+
+        rois: one [R_i,4] tensor per image, or [R,5] (image index, x1, y1, x2, y2) as torchvision's ops take.
+        """
         # Pool in float32 whatever the feature dtype: half/bf16 RoI coordinates would be off by pixels
         # (bf16 has 8 mantissa bits: a step of 4 px at x = 800), and torchvision's CPU roi_pool has no
         # bf16 kernel. The cast of one feature map is cheap; fc6/fc7 then run in the features' dtype.
         feats = features.float()
-        rois = [r.float() for r in rois]
+        rois = rois.float() if isinstance(rois, Tensor) else [r.float() for r in rois]
         if self.pool == "align":
             x = roi_align(feats, rois, self.pool_size, self.spatial_scale, self.sampling_ratio, aligned=True)
         else:

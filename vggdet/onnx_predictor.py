@@ -1,0 +1,141 @@
+"""The ONNX Runtime predictor: `Detector.from_checkpoint("model.onnx")` -> the same API as the PyTorch one.
+
+Runs a file written by tools/export.py (vggdet/export.py) in onnxruntime; no PyTorch model code runs.
+The class names and the config come from the file's metadata. Like the PyTorch predictor, a batch is
+split by image size and each size runs as one batch, so detections do not depend on the batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from vggdet.config import Config, ConfigError, apply_overrides
+from vggdet.runtime import check_batch, finish_detections, groups_by_size
+
+__all__ = ["OnnxDetector", "OnnxModelError", "is_onnx_file"]
+
+class OnnxModelError(ValueError):
+    """An .onnx file that cannot be used: unreadable, not a vggdet export, or no runtime to run it."""
+
+
+def is_onnx_file(path: str) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _session(path: str, device: Optional[str]):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxModelError(f"{path}: running an ONNX model needs onnxruntime: pip install 'vggdet[export]' "
+                             "(or onnxruntime-gpu for --device cuda)") from None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    available = ort.get_available_providers()
+    if device in (None, "auto"):
+        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise OnnxModelError(f"--device {device}: this onnxruntime has no CUDA execution provider; "
+                                 "pip install onnxruntime-gpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    elif device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    else:
+        raise ValueError(f"--device {device}: not a device for onnxruntime (auto, cpu, cuda or cuda:N)")
+    try:
+        return ort.InferenceSession(path, providers=providers), device
+    except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxModelError(f"{path}: not a readable ONNX model ({first})") from None
+
+
+class OnnxDetector:
+    """`predict(image)` / `predict_batch(images)` like vggdet.predictor.Detector, on onnxruntime.
+
+    `overrides`: `key=value` items for data.* / test.* (e.g. the dataset root for tools/test_det.py) and
+    runtime.score_thresh (a stricter cut-off than the export's); model.* is fixed in the file.
+    """
+
+    def __init__(self, path: str, device: Optional[str] = None, overrides: Optional[list] = None):
+        self.path = path
+        if device is None:  # runtime.device=... among the overrides (tools pass --device that way)
+            device = next((o.split("=", 1)[1].strip() for o in overrides or [] if o.startswith("runtime.device=")),
+                          None)
+        self.session, self.device = _session(path, device)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "vggdet_format" not in meta:
+            raise OnnxModelError(f"{path}: not a vggdet export (no vggdet metadata); write one with "
+                                 "tools/export.py CHECKPOINT --out model.onnx")
+        self.classes = json.loads(meta["classes"])
+        self.config = Config.from_dict(json.loads(meta["config"]), source=path)
+        self.export_thresh = self.config.runtime.score_thresh
+        if self.export_thresh is None:
+            self.export_thresh = self.config.model.roi_head.score_thresh
+        self._apply(overrides or [])
+        self.input_dtype = meta.get("input_dtype", "uint8")
+        self.batch_size = json.loads(meta.get("batch_size", "null"))  # None: dynamic
+        self.metadata = dict(meta)
+
+    def _apply(self, overrides: list) -> None:
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key.startswith("model.") or key.startswith("test.tta") or (
+                    key.startswith("runtime.") and key not in ("runtime.score_thresh", "runtime.device")):
+                raise ConfigError(f"{self.path}: {key} is fixed in an ONNX export (test-time augmentation, the "
+                                  "model and its numerics are part of the graph); re-export from the checkpoint")
+        apply_overrides(self.config, overrides)
+        thresh = self.config.runtime.score_thresh
+        self.cutoff = thresh if thresh is not None and thresh > self.export_thresh else None
+
+    def _to_array(self, image) -> np.ndarray:
+        """Path, HxWx3 uint8 RGB array or [3,H,W] tensor -> [3,H,W] array in the graph's input dtype."""
+        if isinstance(image, str):
+            from vggdet.data.image_io import read_image
+
+            image = read_image(image)
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
+            chw = image.transpose(2, 0, 1)
+        else:  # a torch tensor [3,H,W], uint8 or float 0..1
+            chw = image.detach().cpu().numpy()
+            if chw.dtype != np.uint8 and self.input_dtype == "uint8":
+                chw = np.clip(np.rint(chw * 255.0), 0, 255).astype(np.uint8)
+        if self.input_dtype == "uint8":
+            return np.ascontiguousarray(chw, dtype=np.uint8)
+        return np.ascontiguousarray(chw, dtype=np.float32) / (255.0 if chw.dtype == np.uint8 else 1.0)
+
+    def run(self, batch: np.ndarray) -> list:
+        """[B,3,H,W] of one size -> B detection dicts (boxes, labels, scores as numpy)."""
+        n, fixed = batch.shape[0], self.batch_size
+        if fixed and n != fixed:  # a fixed-batch export: run chunks of `fixed`, the last one padded
+            chunks = [batch[i:i + fixed] for i in range(0, n, fixed)]
+            pad = fixed - chunks[-1].shape[0]
+            chunks[-1] = np.concatenate([chunks[-1], np.repeat(chunks[-1][-1:], pad, axis=0)])
+            return [d for c in chunks for d in self.run(c)][:n]
+        boxes, labels, scores, index = self.session.run(None, {"images": batch})
+        return [{"boxes": boxes[index == i].astype(np.float32), "labels": labels[index == i].astype(np.int64),
+                 "scores": scores[index == i].astype(np.float32)} for i in range(n)]
+
+    def predict_batch(self, images: list, score_thresh: Optional[float] = None) -> list:
+        """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]},
+        keeping scores >= `score_thresh` when given (the export's own cut-off applies first)."""
+        check_batch(images, score_thresh)
+        arrays = [self._to_array(i) for i in images]
+        thresh = max((t for t in (self.cutoff, score_thresh) if t is not None), default=None)
+        dets: list = [None] * len(arrays)
+        for idx in groups_by_size([a.shape[1:] for a in arrays]):
+            for k, d in zip(idx, self.run(np.stack([arrays[k] for k in idx]))):
+                dets[k] = finish_detections(d, thresh, self.classes)
+        return dets
+
+    def predict(self, image, score_thresh: Optional[float] = None) -> dict:
+        """One image -> its detections (see `predict_batch`)."""
+        if isinstance(image, (list, tuple)):
+            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
+                            "use predict_batch() for several")
+        return self.predict_batch([image], score_thresh)[0]
