@@ -5,7 +5,8 @@
     torchrun --nproc_per_node N tools/test_det.py CHECKPOINT       # test images sharded across ranks
 
 Writes the VOC devkit results files (and COCO JSON for COCO data) and metrics.json into --out (default
-<checkpoint folder>/test) and prints the per-class table. Also installed as `vggdet-test`.
+<checkpoint folder>/test) and prints the per-class table; --report also writes the error analysis of
+tools/analyze_det.py into <out>/report. Also installed as `vggdet-test`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="[CONFIG] CHECKPOINT")
     p.add_argument("--out", help="results folder (default: <checkpoint folder>/test)")
+    p.add_argument("--report", action="store_true",
+                   help="also write the error analysis (TIDE, confusion matrix, report.html) into <out>/report")
     add_runtime_arguments(p)
     add_set_argument(p)
     args = p.parse_args(split_set_items(argv))
@@ -37,11 +40,12 @@ def main(argv: Optional[list] = None) -> int:
     from vggdet.fileio import ensure_writable
 
     ensure_writable(out)
-    return report(args.checkpoint, args.config, runtime_overrides(args), out)
+    return report(args.checkpoint, args.config, runtime_overrides(args), out, args.report)
 
 
-def report(checkpoint: str, config: Optional[str], overrides: list, out: str) -> int:
-    """Evaluate, print the table, write the results files and metrics.json into `out` (rank 0)."""
+def report(checkpoint: str, config: Optional[str], overrides: list, out: str, analysis: bool = False) -> int:
+    """Evaluate, print the table, write the results files and metrics.json into `out` (rank 0); with
+    `analysis`, also the error-analysis report of the results files into `out`/report."""
     from vggdet.dataset_eval import evaluate_checkpoint
     from vggdet.evaluation import format_table
     from vggdet.fileio import write_json
@@ -51,4 +55,17 @@ def report(checkpoint: str, config: Optional[str], overrides: list, out: str) ->
         print(format_table(metrics))
         write_json(os.path.join(out, "metrics.json"), {**metrics, "checkpoint": checkpoint})
         print(f"results and metrics.json written to {out}")
+    if analysis and metrics is not None:
+        from vggdet.checkpoint import config_from_checkpoint, load_checkpoint
+        from vggdet.cli.analyze import format_summary
+        from vggdet.data import build_dataset
+        from vggdet.evaluation.report import analyze_results_dir
+        from vggdet.onnx_predictor import OnnxDetector, is_onnx_file
+
+        if is_onnx_file(checkpoint):
+            cfg = OnnxDetector(checkpoint, None, overrides).config
+        else:
+            cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, config, overrides)
+        print(format_summary(analyze_results_dir(build_dataset(cfg, "test"), out, os.path.join(out, "report"))))
+        print(f"report written to {os.path.join(out, 'report', 'report.html')}")
     return 0
