@@ -17,6 +17,8 @@ torch.cuda.max_memory_allocated. Variants:
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
   vgg19           vggdet as shipped with model.backbone.depth=19 (its own random weights), to time
                   VGG19 against VGG16 in the same run
+  onnxruntime     the same weights exported by vggdet/export.py (float32 input) and run by onnxruntime
+                  with --threads intra-op threads (CUDA execution provider with --device cuda)
 --amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, ti
 
 from vggdet import build_detector, load_config  # noqa: E402
 
-ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19"]
+ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", "onnxruntime"]
 
 
 def winograd_switch(variant: str):
@@ -45,10 +47,11 @@ def winograd_switch(variant: str):
     return False if variant in ("vggdet-plain", "vggdet-cl") else None
 
 
-def build(variants: list, device: str, num_classes: int, overrides: list) -> dict:
+def build(variants: list, device: str, num_classes: int, overrides: list, threads: int = 2) -> dict:
     torch.manual_seed(0)
     # in train mode (plain convs) until the twins have copied its layers
-    model = build_detector(load_config(None, [f"model.num_classes={num_classes}"] + overrides)).to(device)
+    cfg = load_config(None, [f"model.num_classes={num_classes}"] + overrides)
+    model = build_detector(cfg).to(device)
     # One model per Winograd switch (a copy, same weights): toggling one model between interleaved
     # variants would rebuild the transformed-weight cache inside the timings.
     vggdet: dict = {}
@@ -66,6 +69,8 @@ def build(variants: list, device: str, num_classes: int, overrides: list) -> dic
         elif v == "vgg19":
             cfg = load_config(None, [f"model.num_classes={num_classes}", "model.backbone.depth=19"] + overrides)
             models[v] = build_detector(cfg).to(device).eval()
+        elif v == "onnxruntime":
+            models[v] = onnx_session(model, cfg, device, threads)
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
     for switch, m in vggdet.items():
@@ -74,9 +79,33 @@ def build(variants: list, device: str, num_classes: int, overrides: list) -> dic
     return models
 
 
+def onnx_session(model, cfg, device: str, threads: int):
+    """`model`'s weights exported to ONNX (float32 input, like the other variants) in an onnxruntime session."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from vggdet.checkpoint import make_checkpoint, save_checkpoint
+    from vggdet.export import export_onnx
+
+    tmp = tempfile.mkdtemp(prefix="bench_onnx_")
+    names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
+    save_checkpoint(os.path.join(tmp, "m.pth"), make_checkpoint(model, cfg, names))
+    export_onnx(os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx"), input_dtype="float32")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    return ort.InferenceSession(os.path.join(tmp, "m.onnx"), so, providers=providers)
+
+
 def runner(name: str, models: dict, device: str, amp: str | None):
     model = models[name]
     dtype = amp or ("bfloat16" if name == "vggdet-bf16" else None)
+    if name == "onnxruntime":
+        def run_onnx(images):
+            boxes, _, _, index = model.run(None, {"images": torch.stack(images).cpu().numpy()})
+            return [{"boxes": boxes[index == k]} for k in range(len(images))]
+        return run_onnx
 
     def run(images):
         if name.startswith("vggdet"):  # the Winograd switch is per model (see `build`)
@@ -88,8 +117,8 @@ def runner(name: str, models: dict, device: str, amp: str | None):
 
 def rss_child(a) -> None:
     """--rss-of VARIANT: one warm-up and one timed batch of the largest size, then print the peak RSS."""
-    models = build([a.rss_of], "cpu", a.num_classes, a.set)
-    if a.rss_of.startswith("torchvision"):  # keep only the twin alive
+    models = build([a.rss_of], "cpu", a.num_classes, a.set, a.threads)
+    if a.rss_of.startswith("torchvision") or a.rss_of == "onnxruntime":  # keep only that model alive
         models = {a.rss_of: models[a.rss_of]}
     run = runner(a.rss_of, models, "cpu", a.amp_dtype)
     images = jpeg_like_images(max(a.batch))
@@ -139,7 +168,7 @@ def main(argv=None) -> None:
     variants = ALL if a.variants == "all" else a.variants.split(",")
     if a.device.startswith("cuda"):
         variants = [v for v in variants if v != "vggdet-bf16"] if a.amp else variants
-    models = build(variants, a.device, a.num_classes, a.set)
+    models = build(variants, a.device, a.num_classes, a.set, a.threads)
     runs = {v: runner(v, models, a.device, a.amp_dtype) for v in variants}
     images = jpeg_like_images(max(a.batch), device=a.device)
     times = {(v, b): [] for v in variants for b in a.batch}

@@ -124,11 +124,12 @@ def test_metadata_carries_classes_config_and_version(exported, torch_det):
 
 
 def test_test_and_infer_tools_run_the_onnx_file(exported, legacy_shapes, tmp_path):
-    r = run_tool(["tools/test_det.py", str(exported), "--out", str(tmp_path / "t"), "--set",
+    r = run_tool(["tools/test_det.py", str(exported), "--out", str(tmp_path / "t"), "--report", "--set",
                   f"data.root={legacy_shapes}"])
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["mAP"] == pytest.approx(LEGACY_EXPECTED["test_mAP"], abs=0.0005)  # 0.05 points
+    assert (tmp_path / "t" / "report" / "report.html").is_file()  # the error analysis works on .onnx too
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (128, 128))
     frame = cv2.imread(str(FIXTURES / "legacy_image.png"))

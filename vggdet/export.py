@@ -111,7 +111,9 @@ class DetectorGraph(nn.Module):
         hw = torch._shape_as_tensor(images)[2:].to(torch.float64)
         # The resize factor as in InputTransform.scale_for, in float64 like Python's floats, rounded half
         # to even like Python's round().
-        s = torch.minimum(t.test_min_size / hw.min(), t.max_size / hw.max())
+        # (minimum / maximum of the two, not ReduceMin / ReduceMax: OpenVINO mis-sizes the Resize after those)
+        short, long = torch.minimum(hw[0], hw[1]), torch.maximum(hw[0], hw[1])
+        s = torch.minimum(t.test_min_size / short, t.max_size / long)
         new = torch.round(hw * s).to(torch.int64)
         d = t.size_divisible
         padded = torch.div(new + (d - 1), d, rounding_mode="floor") * d
