@@ -19,7 +19,8 @@ from vggdet.runtime import amp_dtype
 
 TOOLS = {"train_det": "vggdet-train", "test_det": "vggdet-test", "infer": "vggdet-infer", "eval_det": "vggdet-eval",
          "compress_svd": "vggdet-svd", "browse_dataset": "vggdet-browse", "make_shapes": "vggdet-shapes",
-         "plot_log": "vggdet-plot-log", "analyze_det": "vggdet-analyze", "export": "vggdet-export"}
+         "plot_log": "vggdet-plot-log", "analyze_det": "vggdet-analyze", "export": "vggdet-export",
+         "quantize": "vggdet-quantize"}
 
 
 def test_wrapper_maps_errors_to_one_line_and_exit_status(capsys):

@@ -185,6 +185,10 @@ class TestConfig:
     iou_thresh: float = 0.5
     batch_size: int = 1
     tta: TTAConfig = field(default_factory=TTAConfig)  # off by default: the plain path pays nothing
+    # Arithmetic for testing and inference, each explicit: fp32 (the exact path; `runtime.amp` still
+    # autocasts), bf16 (autocast; needs native bf16: CUDA, or a CPU with avx512_bf16 / AMX), int8 (a model
+    # from tools/quantize.py). Which is fastest depends on the CPU: docs/deploy.md#int8.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
 
 @dataclass

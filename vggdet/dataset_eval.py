@@ -20,7 +20,7 @@ from vggdet.data import build_dataloader
 from vggdet.evaluation import evaluate
 from vggdet.model.tta import with_tta
 from vggdet.onnx_predictor import OnnxDetector, is_onnx_file
-from vggdet.runtime import amp_dtype, autocast, detections_to_numpy, resolve_device
+from vggdet.runtime import autocast, detections_to_numpy, inference_dtype, resolve_device
 
 __all__ = ["predict_dataset", "evaluate_model", "evaluate_checkpoint"]
 
@@ -92,7 +92,7 @@ def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Opti
         loader = build_dataloader(cfg, "test", distributed)
         model = with_tta(model, cfg.test.tta.hflip, cfg.test.tta.scales).to(device)
         return evaluate_model(model, loader, device, cfg.test.metric, cfg.test.iou_thresh, results_dir,
-                              amp_dtype(cfg.runtime, device))
+                              inference_dtype(cfg, device))
     finally:
         ddp.cleanup()
 

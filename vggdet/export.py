@@ -229,6 +229,7 @@ def export_onnx(checkpoint: str, out: str, *, opset: int = DEFAULT_OPSET, svd: O
         torch.onnx.export(graph, (example,), tmp, dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=list(OUTPUTS), dynamic_axes=axes, do_constant_folding=True)
         proto = onnx.load(tmp)
+        _undo_initializer_dedup(proto)
         if fp16:
             _weights_to_fp16(proto)
         meta = {"vggdet_format": "1", "vggdet_version": __version__, "classes": json.dumps(list(classes)),
@@ -268,6 +269,20 @@ def _apply_svd(model: FasterRCNN, cfg, ranks: tuple) -> None:
         except SVDError as e:
             raise ExportError(f"--svd: {e}") from None
         setattr(cfg.model.roi_head, f"{name}_rank", rank)
+
+
+def _undo_initializer_dedup(proto) -> int:
+    """The exporter stores equal weights (e.g. the zero biases of a fresh model) once and feeds the others
+    through Identity nodes; quantizers expect each conv's weight and bias as initializers, so give each
+    its own copy again. Returns the number of Identity nodes replaced."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    dup = [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+    for node in dup:
+        copy = proto.graph.initializer.add()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.node.remove(node)
+    return len(dup)
 
 
 def _weights_to_fp16(proto, min_elements: int = 1024) -> int:

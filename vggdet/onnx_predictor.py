@@ -53,6 +53,20 @@ def _session(path: str, device: Optional[str]):
         raise OnnxModelError(f"{path}: not a readable ONNX model ({first})") from None
 
 
+def _check_int8_device(path: str, device: str) -> None:
+    """int8 exports run on the CPU: onnxruntime's CUDA provider has no int8 conv kernels, and x86 CPUs
+    without AVX2 have no fast ones."""
+    from vggdet.runtime import cpu_flags, cpu_model
+
+    if device.startswith("cuda"):
+        raise OnnxModelError(f"{path}: an int8 model runs on the CPU (onnxruntime's CUDA provider has no int8 "
+                             "convolutions); use --device cpu, or the float32 export on the GPU")
+    flags = cpu_flags()
+    if flags and "avx2" not in flags:
+        raise OnnxModelError(f"{path}: this CPU ({cpu_model()}) has no AVX2, so int8 would be slower than "
+                             "float32; use the float32 export (tools/export.py)")
+
+
 class OnnxDetector:
     """`predict(image)` / `predict_batch(images)` like vggdet.predictor.Detector, on onnxruntime.
 
@@ -72,6 +86,9 @@ class OnnxDetector:
                                  "tools/export.py CHECKPOINT --out model.onnx")
         self.classes = json.loads(meta["classes"])
         self.config = Config.from_dict(json.loads(meta["config"]), source=path)
+        self.precision = meta.get("precision", "fp32")
+        if self.precision == "int8":
+            _check_int8_device(path, self.device)
         self.export_thresh = self.config.runtime.score_thresh
         if self.export_thresh is None:
             self.export_thresh = self.config.model.roi_head.score_thresh
@@ -88,6 +105,12 @@ class OnnxDetector:
                 raise ConfigError(f"{self.path}: {key} is fixed in an ONNX export (test-time augmentation, the "
                                   "model and its numerics are part of the graph); re-export from the checkpoint")
         apply_overrides(self.config, overrides)
+        want = self.config.test.precision
+        if want != self.precision:
+            fix = ("quantize the checkpoint: python tools/quantize.py CHECKPOINT --out model_int8" if want == "int8"
+                   else "bf16 is a PyTorch path: run the checkpoint" if want == "bf16"
+                   else "use the float32 export (tools/export.py)")
+            raise ConfigError(f"{self.path}: test.precision={want} but this export is {self.precision}; {fix}")
         thresh = self.config.runtime.score_thresh
         self.cutoff = thresh if thresh is not None and thresh > self.export_thresh else None
 

@@ -14,12 +14,12 @@ from vggdet.checkpoint import load_detector
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.tta import with_tta
 from vggdet.runtime import (
-    amp_dtype,
     autocast,
     check_batch,
     detections_to_numpy,
     finish_detections,
     groups_by_size,
+    inference_dtype,
     resolve_device,
 )
 
@@ -37,7 +37,7 @@ class Detector:
         self.config = config
         runtime = config.runtime if config is not None else None
         self.device = resolve_device(device if device is not None else runtime.device if runtime else None)
-        self.dtype = amp_dtype(runtime, self.device) if runtime is not None else None
+        self.dtype = inference_dtype(config, self.device) if config is not None else None
         tta = config.test.tta if config is not None else None
         self.model = (with_tta(model, tta.hflip, tta.scales) if tta else model).to(self.device).eval()
         self.classes = list(classes)

@@ -9,8 +9,8 @@ import torch
 
 from vggdet.config import RuntimeConfig
 
-__all__ = ["resolve_device", "amp_dtype", "autocast", "detections_to_numpy", "check_batch", "groups_by_size",
-           "finish_detections"]
+__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "autocast", "detections_to_numpy", "check_batch",
+           "groups_by_size", "finish_detections", "cpu_flags", "cpu_model"]
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -36,6 +36,45 @@ def amp_dtype(runtime: RuntimeConfig, device: torch.device) -> Optional[torch.dt
     if runtime.amp_dtype is not None:
         return getattr(torch, runtime.amp_dtype)
     return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for testing / inference by `test.precision`; a one-line error when the device
+    cannot run it (bf16 without native support) or the model is not the right kind (int8)."""
+    precision = cfg.test.precision
+    if precision == "int8":
+        raise ValueError("test.precision=int8 needs a quantized model: python tools/quantize.py CHECKPOINT "
+                         "--out model_int8, then test or run model_int8.onnx")
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"test.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp32")
+        if device.type == "cpu" and not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
+            raise ValueError(f"test.precision=bf16: this CPU ({cpu_model()}) has no native bf16 (avx512_bf16 or "
+                             "AMX), so bf16 would be emulated and slow; use test.precision=fp32 (or int8)")
+        return torch.bfloat16
+    return amp_dtype(cfg.runtime, device)
+
+
+def cpu_flags() -> set:
+    """The x86 feature flags of this CPU from /proc/cpuinfo (empty where there is none)."""
+    return set(_cpuinfo_field("flags").split())
+
+
+def cpu_model() -> str:
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
