@@ -19,6 +19,10 @@ torch.cuda.max_memory_allocated. Variants:
                   VGG19 against VGG16 in the same run
   onnxruntime     the same weights exported by vggdet/export.py (float32 input) and run by onnxruntime
                   with --threads intra-op threads (CUDA execution provider with --device cuda)
+  openvino        the same export run by OpenVINO on the CPU (INFERENCE_NUM_THREADS = --threads, f32)
+  onnxruntime-int8, openvino-int8
+                  that export quantized by vggdet/quantize.py (int8 convs and fc6/fc7, calibrated on 8
+                  images like the benchmark's), run by each runtime
 --amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
 """
 from __future__ import annotations
@@ -39,7 +43,8 @@ from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, ti
 
 from vggdet import build_detector, load_config  # noqa: E402
 
-ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", "onnxruntime"]
+ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"]
+ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", *ONNX_VARIANTS]
 
 
 def winograd_switch(variant: str):
@@ -69,8 +74,8 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
         elif v == "vgg19":
             cfg = load_config(None, [f"model.num_classes={num_classes}", "model.backbone.depth=19"] + overrides)
             models[v] = build_detector(cfg).to(device).eval()
-        elif v == "onnxruntime":
-            models[v] = onnx_session(model, cfg, device, threads)
+        elif v in ONNX_VARIANTS:
+            models[v] = onnx_runner(v, model, cfg, device, threads)
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
     for switch, m in vggdet.items():
@@ -79,33 +84,69 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
     return models
 
 
-def onnx_session(model, cfg, device: str, threads: int):
-    """`model`'s weights exported to ONNX (float32 input, like the other variants) in an onnxruntime session."""
+def onnx_file(model, cfg, int8: bool, _cache: dict = {}) -> str:  # noqa: B006 (one export per process)
+    """`model`'s weights exported to ONNX (float32 input, like the other variants); int8: quantized by
+    vggdet/quantize.py, calibrated on 8 benchmark-like images."""
     import tempfile
-
-    import onnxruntime as ort
 
     from vggdet.checkpoint import make_checkpoint, save_checkpoint
     from vggdet.export import export_onnx
 
-    tmp = tempfile.mkdtemp(prefix="bench_onnx_")
-    names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
-    save_checkpoint(os.path.join(tmp, "m.pth"), make_checkpoint(model, cfg, names))
-    export_onnx(os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx"), input_dtype="float32")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-    return ort.InferenceSession(os.path.join(tmp, "m.onnx"), so, providers=providers)
+    if "fp32" not in _cache:
+        tmp = tempfile.mkdtemp(prefix="bench_onnx_")
+        names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
+        save_checkpoint(os.path.join(tmp, "m.pth"), make_checkpoint(model, cfg, names))
+        export_onnx(os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx"), input_dtype="float32")
+        _cache["fp32"] = os.path.join(tmp, "m.onnx")
+    if int8 and "int8" not in _cache:
+        import cv2
+
+        from vggdet.quantize import quantize_onnx
+
+        folder = os.path.join(os.path.dirname(_cache["fp32"]), "calib")
+        os.makedirs(folder, exist_ok=True)
+        for k, im in enumerate(jpeg_like_images(8, seed=1)):
+            cv2.imwrite(os.path.join(folder, f"{k}.png"), (im.permute(1, 2, 0).numpy()[..., ::-1] * 255).round())
+        paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        _cache["int8"] = os.path.join(os.path.dirname(folder), "m_int8.onnx")
+        quantize_onnx(_cache["fp32"], _cache["int8"], paths)
+    return _cache["int8" if int8 else "fp32"]
+
+
+def onnx_runner(variant: str, model, cfg, device: str, threads: int):
+    """A callable list-of-[3,H,W] -> detections for the onnxruntime / openvino variants."""
+    path = onnx_file(model, cfg, variant.endswith("-int8"))
+    if variant.startswith("openvino"):
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "INFERENCE_PRECISION_HINT": "f32"})
+
+        def run(x):
+            out = compiled(x)
+            return [out[o] for o in compiled.outputs]
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(path, so, providers=providers)
+
+        def run(x):
+            return session.run(None, {"images": x})
+
+    def detect(images):
+        boxes, _, _, index = run(torch.stack(images).cpu().numpy())
+        return [{"boxes": boxes[index == k]} for k in range(len(images))]
+    return detect
 
 
 def runner(name: str, models: dict, device: str, amp: str | None):
     model = models[name]
     dtype = amp or ("bfloat16" if name == "vggdet-bf16" else None)
-    if name == "onnxruntime":
-        def run_onnx(images):
-            boxes, _, _, index = model.run(None, {"images": torch.stack(images).cpu().numpy()})
-            return [{"boxes": boxes[index == k]} for k in range(len(images))]
-        return run_onnx
+    if name in ONNX_VARIANTS:
+        return model
 
     def run(images):
         if name.startswith("vggdet"):  # the Winograd switch is per model (see `build`)
@@ -118,7 +159,7 @@ def runner(name: str, models: dict, device: str, amp: str | None):
 def rss_child(a) -> None:
     """--rss-of VARIANT: one warm-up and one timed batch of the largest size, then print the peak RSS."""
     models = build([a.rss_of], "cpu", a.num_classes, a.set, a.threads)
-    if a.rss_of.startswith("torchvision") or a.rss_of == "onnxruntime":  # keep only that model alive
+    if a.rss_of.startswith("torchvision") or a.rss_of in ONNX_VARIANTS:  # keep only that model alive
         models = {a.rss_of: models[a.rss_of]}
     run = runner(a.rss_of, models, "cpu", a.amp_dtype)
     images = jpeg_like_images(max(a.batch))
@@ -208,8 +249,9 @@ def main(argv=None) -> None:
 
 def layers_table(a) -> None:
     """Every 3x3 conv of the full-size VGG16 + RPN at a 600x800 input: oneDNN (channels_last, the
-    fastest oneDNN layout) vs `vggdet.model.winograd.conv3x3`, both with the ReLU, and the error of each
-    against float64."""
+    fastest oneDNN layout) vs `vggdet.model.winograd.conv3x3`, both with the ReLU, the error of each
+    against float64, and which path each conv runs: by the fixed rule (`winograd.eligible`, tuning off)
+    and as tuned (`winograd.decide`: the cached decision for this machine, measured now where missing)."""
     from vggdet.model import winograd
 
     torch.manual_seed(0)
@@ -218,11 +260,12 @@ def layers_table(a) -> None:
     model.eval()  # plain Conv2d modules: both paths are timed on each
     layers = [(f"body.{i}", m) for i, m in enumerate(model.backbone.body)] + [("rpn.conv", model.rpn.conv)]
     x = torch.rand(a.batch[0], 3, 600, 800).contiguous(memory_format=torch.channels_last)
-    print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up\n")
+    print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up; "
+          f"tuned decisions from {winograd.cache_path()} (measured now where missing)\n")
     print("| layer | in -> out channels | feature map | oneDNN s | Winograd s | speed-up | rel. error oneDNN | "
-          "rel. error Winograd | used by default |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    total = [0.0, 0.0]
+          "rel. error Winograd | Winograd by the fixed rule | Winograd as tuned |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    total = [0.0, 0.0, 0.0]  # oneDNN everywhere, the fixed rule, as tuned
     with torch.inference_mode():
         for name, conv in layers:
             if not isinstance(conv, torch.nn.Conv2d):
@@ -241,13 +284,17 @@ def layers_table(a) -> None:
                     ts["one"].append(t1)
                     ts["win"].append(t2)
             t1, t2 = median(ts["one"]), median(ts["win"])
-            used = winograd.eligible(conv)  # what `model.eval()` converts on the CPU
+            fixed = winograd.eligible(conv)  # what runs with runtime.winograd_tune=False
+            tuned = winograd.candidate(conv) and winograd.decide(conv, x, relu=True)[0]  # the default
             total[0] += t1
-            total[1] += t2 if used else t1
+            total[1] += t2 if fixed else t1
+            total[2] += t2 if tuned else t1
             print(f"| {name} | {conv.in_channels} -> {conv.out_channels} | {x.shape[2]}x{x.shape[3]} | {t1:.4f} | "
-                  f"{t2:.4f} | {t1 / t2:.2f}x | {err[0]:.1e} | {err[1]:.1e} | {'yes' if used else 'no'} |")
+                  f"{t2:.4f} | {t1 / t2:.2f}x | {err[0]:.1e} | {err[1]:.1e} | {'yes' if fixed else 'no'} | "
+                  f"{'yes' if tuned else 'no' if winograd.candidate(conv) else 'no (not a candidate)'} |")
             x = one
-    print(f"\nAll 3x3 convs: oneDNN {total[0]:.3f} s, as shipped {total[1]:.3f} s ({total[0] / total[1]:.2f}x)")
+    print(f"\nAll 3x3 convs (this table's timings): oneDNN {total[0]:.3f} s, fixed rule {total[1]:.3f} s "
+          f"({total[0] / total[1]:.2f}x), as tuned {total[2]:.3f} s ({total[0] / total[2]:.2f}x)")
 
 
 def print_table(a, variants, times, gpu_peak, rss, ndet) -> None:

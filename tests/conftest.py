@@ -84,3 +84,13 @@ def legacy_shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("legacy") / "shapes"
     make_shapes(str(root), "voc", s["num_train"], s["num_test"], s["size"], s["seed"])
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def winograd_cache_dir(tmp_path_factory) -> Path:
+    """VGGDET_CACHE_DIR in a temp folder for the whole session (tools run as subprocesses inherit it): the
+    Winograd tuning decisions (vggdet/model/winograd.py) never go to the real ~/.cache."""
+    folder = tmp_path_factory.mktemp("vggdet_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGDET_CACHE_DIR", str(folder))
+        yield folder

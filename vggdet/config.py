@@ -205,6 +205,9 @@ class RuntimeConfig:
     channels_last: Optional[bool] = None
     # Winograd F(4x4,3x3) for the wide 3x3 convs; None = CPU fp32 inference (vggdet/model/winograd.py).
     winograd: Optional[bool] = None
+    # Which convs run by Winograd: True = the faster of Winograd / oneDNN, timed once per conv shape and
+    # input size and cached per machine in ~/.cache/vggdet/winograd.json; False = the fixed width rule.
+    winograd_tune: bool = True
     # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
     score_thresh: Optional[float] = None
 

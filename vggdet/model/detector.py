@@ -24,10 +24,12 @@ class FasterRCNN(nn.Module):
     input-image pixels.
 
     `winograd` (None = auto, True = on, False = off) is applied by `train()` / `eval()`: `eval()` converts
-    the wide 3x3 convs to `winograd.WinogradConv2d` (vggdet/model/winograd.py) when it is True, or None
-    with the parameters on the CPU; `train()` and False restore the plain convs. To change it later, set
-    it and call `eval()` again (`model.winograd = False; model.eval()`). A converted model moved to a GPU
-    stays correct (the converted convs fall back to the regular conv there), as do grad and autocast.
+    the 3x3 convs to `winograd.WinogradConv2d` (vggdet/model/winograd.py) when it is True, or None
+    with the parameters on the CPU; `train()` and False restore the plain convs. `winograd_tune` (True)
+    lets each converted conv measure once per machine and input size whether Winograd or oneDNN is
+    faster; False = the fixed width rule. To change either later, set it and call `eval()` again
+    (`model.winograd = False; model.eval()`). A converted model moved to a GPU stays correct (the
+    converted convs fall back to the regular conv there), as do grad and autocast.
     """
 
     def __init__(self, transform: InputTransform, backbone: VGGBackbone, rpn: Optional[RPN], roi_head: RoIHead):
@@ -38,6 +40,8 @@ class FasterRCNN(nn.Module):
         # Winograd F(4x4,3x3) for the wide 3x3 convs: True / False force it; None = auto (CPU inference).
         # Takes effect at the next `eval()` / `train()` (see `train`).
         self.winograd: Optional[bool] = None
+        # Per conv and input size, Winograd or oneDNN by a one-time timing (True) or the fixed rule (False).
+        self.winograd_tune: bool = True
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict]] = None,
                 proposals: Optional[list[Tensor]] = None):
@@ -70,11 +74,12 @@ class FasterRCNN(nn.Module):
         return batch.device.type == "cuda" and torch.is_autocast_enabled("cuda")
 
     def train(self, mode: bool = True) -> FasterRCNN:
-        """Also applies `winograd`: on for CPU inference, where conv2_1..conv5_3 and the RPN conv run
-        1.1-2.3x faster than on oneDNN; GPUs get Winograd from cuDNN already. Training reverts it."""
+        """Also applies `winograd` (and `winograd_tune`): on for CPU inference, where conv2_1..conv5_3 and
+        the RPN conv run 1.1-2.3x faster than on oneDNN; GPUs get Winograd from cuDNN already. Training
+        reverts it."""
         super().train(mode)
         if not mode and (self.winograd is True or (self.winograd is None and self._on_cpu())):
-            winograd.convert(self)
+            winograd.convert(self, tune=self.winograd_tune)
         else:
             winograd.revert(self)
         return self
@@ -154,4 +159,5 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
     model = FasterRCNN(transform, backbone, rpn, roi_head)
     model.channels_last = cfg.runtime.channels_last  # None = auto, True / False = forced
     model.winograd = cfg.runtime.winograd
+    model.winograd_tune = cfg.runtime.winograd_tune
     return model

@@ -1,0 +1,171 @@
+"""Winograd tuning (vggdet/model/winograd.py): the per-conv choice of Winograd or oneDNN is measured once per
+machine and input size, cached in a JSON file, and can be switched off (the fixed width rule).
+
+Timing noise never decides a test: the tuner's clock is virtual here, advanced only by the paths'
+wrappers (a real sleep is not enough: on a busy 2-core machine a tiny conv can take 80 ms).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from vggdet import build_detector, load_config
+from vggdet.model import winograd
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh, empty cache folder, no decisions in memory and a virtual tuner clock (see `counting`);
+    returns the cache file's path."""
+    monkeypatch.setenv("VGGDET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(winograd, "_clock", lambda: NOW[0])
+    winograd.reset_tuning()
+    yield tmp_path / "cache" / "winograd.json"
+    winograd.reset_tuning()
+
+
+NOW = [0.0]  # the virtual clock: seconds advanced only by `counting` wrappers
+
+
+def counting(monkeypatch, name: str, cost: float = 0.001) -> list:
+    """Replace `winograd.<name>` (conv3x3 or onednn) by a wrapper that records its calls and advances
+    the virtual clock by `cost` seconds per call."""
+    calls, real = [], getattr(winograd, name)
+
+    def wrapper(x, conv, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        NOW[0] += cost
+        return real(x, conv, *args, **kwargs)
+    monkeypatch.setattr(winograd, name, wrapper)
+    return calls
+
+
+def layer() -> winograd.WinogradConv2d:
+    """A converted 16 -> 32 conv with its ReLU fused, tuning on (the default)."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True))
+    assert winograd.convert(seq) == 1 and seq[0].relu and seq[0].tune
+    return seq[0]
+
+
+def reference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    y = nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    return y.relu() if conv.relu else y
+
+
+def entries(path) -> dict:
+    return json.loads(path.read_text())["decisions"]
+
+
+@pytest.mark.parametrize("slow", ["conv3x3", "onednn"])
+def test_the_faster_path_is_picked_cached_and_computes_the_conv(cache, monkeypatch, slow):
+    conv = layer()
+    x = torch.randn(2, 16, 12, 12)
+    calls = {name: counting(monkeypatch, name, 0.05 if name == slow else 0.01) for name in ("conv3x3", "onednn")}
+    with torch.inference_mode():
+        first = conv(x)  # measured: every path runs TUNE_WARMUP + TUNE_RUNS times
+        assert {n: len(c) for n, c in calls.items()} == {n: winograd.TUNE_WARMUP + winograd.TUNE_RUNS for n in calls}
+        second = conv(x)
+    winner = "onednn" if slow == "conv3x3" else "conv3x3"
+    assert len(calls[winner]) == winograd.TUNE_WARMUP + winograd.TUNE_RUNS + 1  # then only the winner runs
+    (key, entry), = entries(cache).items()
+    assert key == winograd.tune_key(conv, x)
+    assert entry["winograd"] == (winner == "conv3x3")
+    assert (entry["winograd_s"] > entry["onednn_s"]) == (slow == "conv3x3") and entry["onednn_s"] > 0
+    # oneDNN won: the transformed weights (4x the conv's) are not kept
+    assert hasattr(conv, "_winograd_cache") == (winner == "conv3x3")
+    for y in (first, second):  # either way, the conv (+ ReLU) within float32 rounding
+        torch.testing.assert_close(y, reference(conv, x), rtol=1e-4, atol=1e-4)
+
+
+def test_cache_file_is_reused_without_timing_and_keyed_by_machine_threads_and_size(cache, monkeypatch):
+    conv = layer()
+    x = torch.randn(1, 16, 12, 12)
+    with torch.inference_mode():
+        conv(x)
+        assert cache.is_file() and len(entries(cache)) == 1
+        winograd.reset_tuning()  # a fresh process: only the file remembers
+        calls = {name: counting(monkeypatch, name) for name in ("conv3x3", "onednn")}
+        y = conv(x)
+        assert sum(map(len, calls.values())) == 1  # the cached choice, no timing
+        conv(torch.randn(1, 16, 11, 13))  # 143 vs 144 pixels: the same area bucket (2^7)
+        assert sum(map(len, calls.values())) == 2 and len(entries(cache)) == 1
+        conv(torch.randn(1, 16, 24, 24))  # 4x the area: another bucket, measured again
+        assert sum(map(len, calls.values())) > 3 and len(entries(cache)) == 2
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            conv(x)
+        finally:
+            torch.set_num_threads(threads)
+        monkeypatch.setattr(winograd, "cpu_name", lambda: "Some Other CPU")
+        conv(x)
+        conv(x.contiguous(memory_format=torch.channels_last))
+    keys = list(entries(cache))
+    assert len(keys) == 5
+    assert sum("Some Other CPU" in k for k in keys) == 2 and sum("channels_last" in k for k in keys) == 1
+    assert any(f"{1 if threads > 1 else 2} threads" in k for k in keys)
+    assert all(f"torch {torch.__version__}" in k and "16->32" in k and "batch 1" in k for k in keys)
+    torch.testing.assert_close(y, reference(conv, x), rtol=1e-4, atol=1e-4)
+
+
+def test_corrupt_cache_file_warns_once_and_is_rewritten(cache):
+    cache.parent.mkdir()
+    cache.write_text("{not json")
+    conv, x = layer(), torch.randn(1, 16, 8, 8)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="unreadable Winograd tuning cache") as w:
+        y = conv(x)
+        conv(torch.randn(1, 16, 32, 32))
+    assert len(w) == 1
+    assert len(entries(cache)) == 2  # rewritten as valid JSON with both decisions
+    torch.testing.assert_close(y, reference(conv, x), rtol=1e-4, atol=1e-4)
+
+
+def test_unwritable_cache_folder_keeps_decisions_in_memory(tmp_path, monkeypatch, cache):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("VGGDET_CACHE_DIR", str(tmp_path / "file" / "cache"))  # below a file: never writable
+    conv, x = layer(), torch.randn(1, 16, 8, 8)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="kept in memory only") as w:
+        conv(x)
+        conv(torch.randn(1, 16, 32, 32))
+    assert len(w) == 1
+    calls = {name: counting(monkeypatch, name) for name in ("conv3x3", "onednn")}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = conv(x)  # remembered in memory: one call, no timing, no new warning
+    assert sum(map(len, calls.values())) == 1
+    assert not (tmp_path / "file").read_text()
+    torch.testing.assert_close(y, reference(conv, x), rtol=1e-4, atol=1e-4)
+
+
+def test_tuning_off_is_the_fixed_rule_without_timing_or_file(cache, monkeypatch):
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(32, 128, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU())
+    x = torch.randn(1, 3, 10, 14)
+    ref = seq(x).detach()
+    assert winograd.convert(seq, tune=False) == 3  # conv 3 -> 16: too few input channels to be a candidate
+    assert type(seq[0]) is nn.Conv2d
+    monkeypatch.setattr(winograd, "decide", lambda *a, **k: pytest.fail("tuning is off"))
+    wino = counting(monkeypatch, "conv3x3")
+    with torch.inference_mode():
+        torch.testing.assert_close(seq(x), ref, rtol=1e-4, atol=1e-4)
+    assert wino == [(1, 128, 10, 14)]  # only 128 -> 128 meets the fixed rule (MIN_IN 64, MIN_OUT 128)
+    assert not cache.parent.exists()
+    # switched back on for the converted modules too (FasterRCNN.eval() calls convert again)
+    assert winograd.convert(seq, tune=True) == 0 and all(m.tune for m in seq if isinstance(m, winograd.WinogradConv2d))
+
+
+def test_runtime_winograd_tune_reaches_the_model(cache):
+    tiny = ["model.backbone.width=0.25", "model.roi_head.fc_dim=64", "model.num_classes=2"]
+    model = build_detector(load_config(None, tiny + ["runtime.winograd_tune=false"])).eval()
+    convs = [m for m in model.modules() if isinstance(m, winograd.WinogradConv2d)]
+    assert len(convs) == 13 and not any(m.tune for m in convs)  # conv1_2..conv5_3 and the RPN conv
+    model.winograd_tune = True
+    model.eval()  # the switch takes effect at eval()
+    assert all(m.tune for m in convs)
+    assert load_config(None).runtime.winograd_tune is True
