@@ -23,6 +23,8 @@ torch.cuda.max_memory_allocated. Variants:
   onnxruntime-int8, openvino-int8
                   that export quantized by vggdet/quantize.py (int8 convs and fc6/fc7, calibrated on 8
                   images like the benchmark's), run by each runtime
+  onnxruntime-int8-svd
+                  the same with fc6/fc7 first factored by truncated SVD to ranks 1024/256 (--svd 1024,256)
 --amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, ti
 
 from vggdet import build_detector, load_config  # noqa: E402
 
-ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"]
+ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8", "onnxruntime-int8-svd"]
 ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", *ONNX_VARIANTS]
 
 
@@ -84,38 +86,47 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
     return models
 
 
-def onnx_file(model, cfg, int8: bool, _cache: dict = {}) -> str:  # noqa: B006 (one export per process)
-    """`model`'s weights exported to ONNX (float32 input, like the other variants); int8: quantized by
-    vggdet/quantize.py, calibrated on 8 benchmark-like images."""
+def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006 (one export per process)
+    """`model`'s weights exported to ONNX (float32 input, like the other variants); "-int8": quantized by
+    vggdet/quantize.py, calibrated on 8 benchmark-like images; "-svd": fc6/fc7 factored to 1024/256 first."""
     import tempfile
 
     from vggdet.checkpoint import make_checkpoint, save_checkpoint
     from vggdet.export import export_onnx
+    from vggdet.quantize import quantize_onnx
 
-    if "fp32" not in _cache:
-        tmp = tempfile.mkdtemp(prefix="bench_onnx_")
+    svd = variant.endswith("-svd")
+    key = ("svd" if svd else "fp32", "-int8" in variant)
+    if "tmp" not in _cache:
+        import atexit
+        import shutil
+
+        _cache["tmp"] = tempfile.mkdtemp(prefix="bench_onnx_")
+        atexit.register(shutil.rmtree, _cache["tmp"], True)  # ~1.5 GB of files for the full VGG16
         names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
-        save_checkpoint(os.path.join(tmp, "m.pth"), make_checkpoint(model, cfg, names))
-        export_onnx(os.path.join(tmp, "m.pth"), os.path.join(tmp, "m.onnx"), input_dtype="float32")
-        _cache["fp32"] = os.path.join(tmp, "m.onnx")
-    if int8 and "int8" not in _cache:
+        save_checkpoint(os.path.join(_cache["tmp"], "m.pth"), make_checkpoint(model, cfg, names))
+    tmp = _cache["tmp"]
+    if (key[0], False) not in _cache:
+        path = os.path.join(tmp, f"{key[0]}.onnx")
+        export_onnx(os.path.join(tmp, "m.pth"), path, input_dtype="float32", svd=(1024, 256) if svd else None)
+        _cache[(key[0], False)] = path
+    if key[1] and key not in _cache:
         import cv2
 
-        from vggdet.quantize import quantize_onnx
-
-        folder = os.path.join(os.path.dirname(_cache["fp32"]), "calib")
-        os.makedirs(folder, exist_ok=True)
-        for k, im in enumerate(jpeg_like_images(8, seed=1)):
-            cv2.imwrite(os.path.join(folder, f"{k}.png"), (im.permute(1, 2, 0).numpy()[..., ::-1] * 255).round())
+        folder = os.path.join(tmp, "calib")
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+            for k, im in enumerate(jpeg_like_images(8, seed=1)):
+                cv2.imwrite(os.path.join(folder, f"{k}.png"), (im.permute(1, 2, 0).numpy()[..., ::-1] * 255).round())
         paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-        _cache["int8"] = os.path.join(os.path.dirname(folder), "m_int8.onnx")
-        quantize_onnx(_cache["fp32"], _cache["int8"], paths)
-    return _cache["int8" if int8 else "fp32"]
+        _cache[key] = os.path.join(tmp, f"{key[0]}_int8.onnx")
+        quantize_onnx(_cache[(key[0], False)], _cache[key], paths)
+    return _cache[key]
 
 
 def onnx_runner(variant: str, model, cfg, device: str, threads: int):
     """A callable list-of-[3,H,W] -> detections for the onnxruntime / openvino variants."""
-    path = onnx_file(model, cfg, variant.endswith("-int8"))
+    path = onnx_file(model, cfg, variant)
     if variant.startswith("openvino"):
         import openvino as ov
 

@@ -4,8 +4,8 @@
     quantize_checkpoint("best.pth", "model_int8.onnx", calib_images="photos/")
 
 The checkpoint is exported to ONNX (vggdet/export.py), then `onnxruntime.quantization.quantize_static`
-inserts QuantizeLinear / DequantizeLinear pairs (QDQ) around the backbone convs, the RPN conv and fc6 /
-fc7 (their SVD factors too): int8 weights per output channel (symmetric), uint8 activations per tensor
+inserts QuantizeLinear / DequantizeLinear pairs (QDQ) around the backbone convs (with their ReLUs and
+max-pools), the RPN conv and fc6 / fc7 (their SVD factors too): int8 weights per output channel (symmetric), uint8 activations per tensor
 with ranges calibrated (MinMax) on real images. ONNX Runtime fuses each QDQ conv / matmul into an int8
 kernel; the RPN's 1x1 heads, the class / box layers, RoI pooling, NMS and the box maths stay float32
 (small, and where int8 rounding would move boxes). The result is an ordinary .onnx export with
@@ -91,10 +91,13 @@ class _Reader:
 
 
 def _nodes_to_quantize(model) -> list:
-    """Backbone convs, the RPN 3x3 conv and fc6 / fc7 (Gemm, or MatMul for SVD factors) by node name."""
+    """Backbone convs with their ReLUs and max-pools (so activations stay int8 from conv1_1 to conv5_3),
+    the RPN 3x3 conv, and fc6 / fc7 (Gemm, or MatMul for SVD factors), by node name."""
     out = []
     for node in model.graph.node:
         if node.op_type == "Conv" and not node.name.startswith(("/cls_logits", "/bbox_pred")):
+            out.append(node.name)
+        elif node.op_type in ("Relu", "MaxPool") and node.name.startswith("/backbone"):
             out.append(node.name)
         elif node.op_type in ("Gemm", "MatMul") and node.name.startswith(("/fc6", "/fc7")):
             out.append(node.name)
@@ -124,6 +127,7 @@ def quantize_onnx(fp32: str, out: str, paths: list, reduce_range: Optional[bool]
     model = onnx.load(fp32)
     meta = {p.key: p.value for p in model.metadata_props}
     nodes = _nodes_to_quantize(model)
+    n_layers = sum(1 for n in model.graph.node if n.name in nodes and n.op_type in ("Conv", "Gemm", "MatMul"))
     reduce_range = not has_vnni() if reduce_range is None else reduce_range
     with atomic_path(out) as tmp, _quiet_root_logger():
         quantize_static(fp32, tmp, _Reader(paths, meta.get("input_dtype", "uint8")), quant_format=QuantFormat.QDQ,
@@ -138,7 +142,7 @@ def quantize_onnx(fp32: str, out: str, paths: list, reduce_range: Optional[bool]
                     reduce_range=str(reduce_range).lower())
         onnx.helper.set_model_props(q, meta)
         onnx.save(q, tmp)
-    return {"out": out, "bytes": os.path.getsize(out), "nodes": len(nodes), "calibration_images": len(paths),
+    return {"out": out, "bytes": os.path.getsize(out), "nodes": n_layers, "calibration_images": len(paths),
             "reduce_range": reduce_range}
 
 
