@@ -14,6 +14,7 @@ import argparse
 import os
 
 from vggdet.cli import command
+from vggdet.cli.eval import load_voc
 from vggdet.evaluation.analysis import ERROR_TYPES, SPECIAL_TYPES
 from vggdet.fileio import ensure_writable
 
@@ -35,20 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score-thr", type=float, default=0.5, help="score threshold of the confusion matrix")
     p.add_argument("--top", type=int, default=12, help="gallery: this many false positives, half as many misses")
     return p.parse_args(argv)
-
-
-def load_voc(args: argparse.Namespace) -> tuple:
-    """(VOCDetection, {image_id: detections}) as tools/eval_det.py reads them."""
-    from vggdet.data.voc import VOCDetection
-    from vggdet.evaluation import read_voc_results
-    from vggdet.evaluation.results import guess_voc_classes
-
-    if args.classes is None:
-        classes = guess_voc_classes(args.results, args.split)
-    else:
-        classes = args.classes if args.classes == "auto" else [c.strip() for c in args.classes.split(",")]
-    ds = VOCDetection(args.voc_root, args.split, classes=classes)
-    return ds, read_voc_results(args.results, args.split, ds.classes, ds.image_ids)
 
 
 def load_coco(args: argparse.Namespace) -> tuple:

@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_voc(args: argparse.Namespace) -> dict:
+def load_voc(args: argparse.Namespace) -> tuple:
+    """(VOCDetection, {image_id: detections}) from --voc-root / --split / --results / --classes."""
     from vggdet.data.voc import VOCDetection
 
     if args.classes is None:
@@ -46,7 +47,11 @@ def run_voc(args: argparse.Namespace) -> dict:
     else:
         classes = args.classes if args.classes == "auto" else [c.strip() for c in args.classes.split(",")]
     ds = VOCDetection(args.voc_root, args.split, classes=classes)
-    dets = read_voc_results(args.results, args.split, ds.classes, ds.image_ids)
+    return ds, read_voc_results(args.results, args.split, ds.classes, ds.image_ids)
+
+
+def run_voc(args: argparse.Namespace) -> dict:
+    ds, dets = load_voc(args)
     _warn_sparse(len(dets), len(ds), args.results)
     metric = args.metric or "voc07"
     if metric == "coco":
