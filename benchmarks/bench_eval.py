@@ -14,7 +14,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy is imported
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -22,6 +21,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vggdet.evaluation import evaluate_voc  # noqa: E402
+from vggdet.runtime import cpu_model  # noqa: E402
 
 
 def make_problem(rng, num_images: int, num_classes: int, dets_per_image: int) -> tuple:
@@ -135,7 +135,7 @@ def main() -> None:
         assert [ours["per_class"][c] for c in classes] == ref, "vectorised AP differs from the loop"
         rows.append((metric, min(times), t_loop, ours["mAP"]))
     print(f"{args.images} images, {args.classes} classes, {n_det} detections, {n_gt} gt boxes; "
-          f"1 thread; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
+          f"1 thread; {cpu_model()}, {os.cpu_count()} CPUs\n")
     print("| metric | vggdet (s) | per-detection loop (s) | speedup | mAP (identical) |")
     print("|---|---:|---:|---:|---:|")
     for metric, t_ours, t_loop, m in rows:

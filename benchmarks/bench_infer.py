@@ -91,8 +91,7 @@ def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006
     vggdet/quantize.py, calibrated on 8 benchmark-like images; "-svd": fc6/fc7 factored to 1024/256 first."""
     import tempfile
 
-    from vggdet.checkpoint import make_checkpoint, save_checkpoint
-    from vggdet.export import export_onnx
+    from vggdet.export import export_model
     from vggdet.quantize import quantize_onnx
 
     svd = variant.endswith("-svd")
@@ -102,13 +101,14 @@ def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006
         import shutil
 
         _cache["tmp"] = tempfile.mkdtemp(prefix="bench_onnx_")
-        atexit.register(shutil.rmtree, _cache["tmp"], True)  # ~1.5 GB of files for the full VGG16
-        names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
-        save_checkpoint(os.path.join(_cache["tmp"], "m.pth"), make_checkpoint(model, cfg, names))
+        atexit.register(shutil.rmtree, _cache["tmp"], True)  # ~1 GB of files for the full VGG16
     tmp = _cache["tmp"]
     if (key[0], False) not in _cache:
         path = os.path.join(tmp, f"{key[0]}.onnx")
-        export_onnx(os.path.join(tmp, "m.pth"), path, input_dtype="float32", svd=(1024, 256) if svd else None)
+        names = [f"class{i}" for i in range(1, cfg.model.num_classes + 1)]
+        # a copy: the export converts the model in place (SVD, plain convs), the other variants share it
+        export_model(copy.deepcopy(model), copy.deepcopy(cfg), names, path, input_dtype="float32",
+                     svd=(1024, 256) if svd else None)
         _cache[(key[0], False)] = path
     if key[1] and key not in _cache:
         import cv2

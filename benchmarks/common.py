@@ -148,13 +148,11 @@ def peak_rss_mib() -> float:
 
 
 def machine(device: str = "cpu") -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torchvision
+
+    from vggdet.runtime import cpu_model
+
+    cpu = cpu_model()
 
     s = (f"CPU {cpu} ({os.cpu_count()} cores visible), torch.get_num_threads()={torch.get_num_threads()}, "
          f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}")

@@ -76,30 +76,45 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, metric:
 
 
 def evaluate_checkpoint(path: str, config: Optional[str] = None, overrides: Optional[list] = None,
-                        results_dir: Optional[str] = None) -> Optional[dict]:
+                        results_dir: Optional[str] = None, analysis_dir: Optional[str] = None) -> Optional[dict]:
     """Score checkpoint `path` on its config's test split: the metrics on rank 0, None on other ranks.
 
     `config`: a config file instead of the embedded config; `overrides`: `key=value` items (device and
-    amp are `runtime.*` keys). Results files go to `results_dir` when given. A `.onnx` export runs in
+    amp are `runtime.*` keys). Results files go to `results_dir` when given; with `analysis_dir` too, the
+    error analysis of those files (vggdet/evaluation/report.py) goes there. A `.onnx` export runs in
     onnxruntime (vggdet/onnx_predictor.py) with the config embedded in it.
     """
     if is_onnx_file(path):
-        return _evaluate_onnx(path, config, overrides, results_dir)
+        metrics, dataset = _evaluate_onnx(path, config, overrides, results_dir)
+        return _with_analysis(metrics, dataset, results_dir, analysis_dir)
     model, cfg, _ = load_detector(path, config, overrides)
     device = ddp.local_device(resolve_device(cfg.runtime.device))
     distributed = ddp.setup_distributed(device)
     try:
         loader = build_dataloader(cfg, "test", distributed)
         model = with_tta(model, cfg.test.tta.hflip, cfg.test.tta.scales).to(device)
-        return evaluate_model(model, loader, device, cfg.test.metric, cfg.test.iou_thresh, results_dir,
-                              inference_dtype(cfg, device))
+        metrics = evaluate_model(model, loader, device, cfg.test.metric, cfg.test.iou_thresh, results_dir,
+                                 inference_dtype(cfg, device))
     finally:
         ddp.cleanup()
+    return _with_analysis(metrics, loader.dataset, results_dir, analysis_dir)
+
+
+def _with_analysis(metrics: Optional[dict], dataset, results_dir: Optional[str],
+                   analysis_dir: Optional[str]) -> Optional[dict]:
+    """Write the error analysis of the results files into `analysis_dir` (rank 0, when asked)."""
+    if metrics is not None and analysis_dir is not None:
+        if results_dir is None:
+            raise ValueError("the error analysis reads the results files: give results_dir too")
+        from vggdet.evaluation.report import analyze_results_dir
+
+        analyze_results_dir(dataset, results_dir, analysis_dir)
+    return metrics
 
 
 def _evaluate_onnx(path: str, config: Optional[str], overrides: Optional[list],
-                   results_dir: Optional[str]) -> dict:
-    """An ONNX export on its embedded config's test split, in one process."""
+                   results_dir: Optional[str]) -> tuple:
+    """An ONNX export on its embedded config's test split, in one process: (metrics, the dataset)."""
     if config is not None:
         raise ValueError(f"{path}: an ONNX export carries its config; drop the CONFIG argument")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -111,4 +126,4 @@ def _evaluate_onnx(path: str, config: Optional[str], overrides: Optional[list],
         raise ValueError(f"{path}: the export has no RPN")
     dets = _collect(lambda images, targets: det.predict_batch(images), loader, True)
     return evaluate(loader.dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh,
-                    out_dir=results_dir)
+                    out_dir=results_dir), loader.dataset

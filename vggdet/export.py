@@ -38,7 +38,8 @@ from vggdet.fileio import atomic_path
 from vggdet.model.boxes import grid_anchors
 from vggdet.model.detector import FasterRCNN
 
-__all__ = ["ExportError", "DetectorGraph", "export_onnx", "MIN_OPSET", "DEFAULT_OPSET", "OUTPUTS"]
+__all__ = ["ExportError", "DetectorGraph", "export_onnx", "export_model", "check_config", "MIN_OPSET",
+           "DEFAULT_OPSET", "OUTPUTS"]
 
 MIN_OPSET, DEFAULT_OPSET = 11, 17  # 11: Resize with sizes, NonMaxSuppression with inputs; 16: RoiAlign aligned
 OUTPUTS = ("boxes", "labels", "scores", "image_index")
@@ -204,19 +205,31 @@ def export_onnx(checkpoint: str, out: str, *, opset: int = DEFAULT_OPSET, svd: O
     large weights as float16 (half the file) with a Cast to float32 in front of each, so every runtime
     computes in float32; batch_size: a fixed batch, or None for a dynamic one.
     """
-    import onnx  # noqa: F401 (fail early with the extra to install)
+    import onnx  # noqa: F401 (fail before the weights load when the extra is missing)
 
-    from vggdet import __version__
     from vggdet.checkpoint import load_detector
 
-    if input_dtype not in ("uint8", "float32"):
-        raise ExportError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
+    _check_input_dtype(input_dtype)
+    model, cfg, classes = load_detector(checkpoint, config, overrides, check=lambda c: check_config(c, opset))
+    return export_model(model, cfg, classes, out, opset=opset, svd=svd, fp16=fp16, batch_size=batch_size,
+                        input_dtype=input_dtype, source=os.path.basename(checkpoint))
 
-    def check(cfg) -> None:  # before the weights load: a wrong option fails with its name
-        m = cfg.model
-        check_exportable(m.proposals, m.roi_head.nms, m.roi_head.pool, opset)
 
-    model, cfg, classes = load_detector(checkpoint, config, overrides, check=check)
+def check_config(cfg, opset: int = DEFAULT_OPSET) -> None:
+    """`check_exportable` on a config: to run before the weights load, so a wrong option fails by name."""
+    m = cfg.model
+    check_exportable(m.proposals, m.roi_head.nms, m.roi_head.pool, opset)
+
+
+def export_model(model: FasterRCNN, cfg, classes: list, out: str, *, opset: int = DEFAULT_OPSET,
+                 svd: Optional[tuple] = None, fp16: bool = False, batch_size: Optional[int] = None,
+                 input_dtype: str = "uint8", source: str = "") -> dict:
+    """`export_onnx` for a loaded model (which this converts in place: SVD, plain convs, eval mode)."""
+    import onnx
+
+    from vggdet import __version__
+
+    _check_input_dtype(input_dtype)
     if svd is not None:
         _apply_svd(model, cfg, svd)
     model.winograd = False  # plain convs: Winograd is a PyTorch-side conversion (vggdet/model/winograd.py)
@@ -235,10 +248,15 @@ def export_onnx(checkpoint: str, out: str, *, opset: int = DEFAULT_OPSET, svd: O
         meta = {"vggdet_format": "1", "vggdet_version": __version__, "classes": json.dumps(list(classes)),
                 "config": json.dumps(cfg.to_dict()), "input_dtype": input_dtype, "opset": str(opset),
                 "svd": json.dumps(list(svd) if svd else None), "fp16_weights": json.dumps(bool(fp16)),
-                "batch_size": json.dumps(batch_size), "source": os.path.basename(checkpoint)}
+                "batch_size": json.dumps(batch_size), "source": source}
         onnx.helper.set_model_props(proto, meta)
         onnx.save(proto, tmp)
     return {"out": out, "bytes": os.path.getsize(out), "opset": opset, "classes": len(classes)}
+
+
+def _check_input_dtype(input_dtype: str) -> None:
+    if input_dtype not in ("uint8", "float32"):
+        raise ExportError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
 
 
 def _max_opset() -> int:

@@ -13,9 +13,10 @@ from typing import Optional
 import numpy as np
 
 from vggdet.config import Config, ConfigError, apply_overrides
-from vggdet.runtime import check_batch, finish_detections, groups_by_size
+from vggdet.runtime import check_batch, check_single, finish_detections, groups_by_size, rgb_input
 
 __all__ = ["OnnxDetector", "OnnxModelError", "is_onnx_file"]
+
 
 class OnnxModelError(ValueError):
     """An .onnx file that cannot be used: unreadable, not a vggdet export, or no runtime to run it."""
@@ -116,13 +117,8 @@ class OnnxDetector:
 
     def _to_array(self, image) -> np.ndarray:
         """Path, HxWx3 uint8 RGB array or [3,H,W] tensor -> [3,H,W] array in the graph's input dtype."""
-        if isinstance(image, str):
-            from vggdet.data.image_io import read_image
-
-            image = read_image(image)
+        image = rgb_input(image)
         if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
             chw = image.transpose(2, 0, 1)
         else:  # a torch tensor [3,H,W], uint8 or float 0..1
             chw = image.detach().cpu().numpy()
@@ -158,7 +154,5 @@ class OnnxDetector:
 
     def predict(self, image, score_thresh: Optional[float] = None) -> dict:
         """One image -> its detections (see `predict_batch`)."""
-        if isinstance(image, (list, tuple)):
-            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
-                            "use predict_batch() for several")
+        check_single(image)
         return self.predict_batch([image], score_thresh)[0]

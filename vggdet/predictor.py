@@ -16,11 +16,13 @@ from vggdet.model.tta import with_tta
 from vggdet.runtime import (
     autocast,
     check_batch,
+    check_single,
     detections_to_numpy,
     finish_detections,
     groups_by_size,
     inference_dtype,
     resolve_device,
+    rgb_input,
 )
 
 __all__ = ["Detector", "ImageLike"]
@@ -60,13 +62,8 @@ class Detector:
         return cls(model, classes, device, cfg)
 
     def _to_tensor(self, image: ImageLike) -> torch.Tensor:
-        if isinstance(image, str):
-            from vggdet.data.image_io import read_image
-
-            image = read_image(image)
+        image = rgb_input(image)
         if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
             image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return image.to(self.device, non_blocking=True)
 
@@ -85,7 +82,5 @@ class Detector:
 
     def predict(self, image: ImageLike, score_thresh: Optional[float] = None) -> dict:
         """One image -> its detections (see `predict_batch`)."""
-        if isinstance(image, (list, tuple)):
-            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
-                            "use predict_batch() for several")
+        check_single(image)
         return self.predict_batch([image], score_thresh)[0]

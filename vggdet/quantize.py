@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from vggdet.export import export_onnx
+from vggdet.export import check_config, export_model
 from vggdet.runtime import cpu_flags
 
 __all__ = ["QuantizeError", "quantize_checkpoint", "quantize_onnx", "calibration_paths", "has_vnni"]
@@ -149,15 +149,20 @@ def quantize_onnx(fp32: str, out: str, paths: list, reduce_range: Optional[bool]
 def quantize_checkpoint(checkpoint: str, out: str, *, calib: int = 64, calib_images: Optional[str] = None,
                         overrides: Optional[list] = None, reduce_range: Optional[bool] = None) -> dict:
     """Checkpoint (or SVD checkpoint) -> int8 ONNX at `out`, calibrated on `calib` images."""
-    from vggdet.checkpoint import config_from_checkpoint, load_checkpoint
+    from vggdet.checkpoint import load_detector
 
     if calib < 1:
         raise QuantizeError(f"--calib {calib}: need at least one calibration image")
     if checkpoint.lower().endswith(".onnx"):
         raise QuantizeError(f"{checkpoint}: quantize the checkpoint (.pth), not an export")
-    cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, None, overrides)
-    paths = calibration_paths(cfg, calib, calib_images, cfg.train.seed)
+    paths: list = []
+
+    def check(cfg) -> None:  # before the weights load: a bad option or missing calibration data fails at once
+        check_config(cfg)
+        paths.extend(calibration_paths(cfg, calib, calib_images, cfg.train.seed))
+
+    model, cfg, classes = load_detector(checkpoint, None, overrides, check=check)
     with tempfile.TemporaryDirectory(prefix="vggdet_quant_") as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")
-        export_onnx(checkpoint, fp32, overrides=overrides)
+        export_model(model, cfg, classes, fp32, source=os.path.basename(checkpoint))
         return quantize_onnx(fp32, out, paths, reduce_range)

@@ -3,14 +3,16 @@ model outputs as numpy; the batch rules both predictors (PyTorch and ONNX Runtim
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from vggdet.config import RuntimeConfig
 
 __all__ = ["resolve_device", "amp_dtype", "inference_dtype", "autocast", "detections_to_numpy", "check_batch",
-           "groups_by_size", "finish_detections", "cpu_flags", "cpu_model"]
+           "groups_by_size", "finish_detections", "rgb_input", "check_single", "cpu_flags", "cpu_model"]
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -61,11 +63,13 @@ def cpu_flags() -> set:
 
 
 def cpu_model() -> str:
+    """The CPU model, e.g. "AMD EPYC" (/proc/cpuinfo's "model name"; platform.processor() elsewhere)."""
     import platform
 
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.lru_cache(maxsize=None)
 def _cpuinfo_field(name: str) -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -88,6 +92,25 @@ def detections_to_numpy(det: dict) -> dict:
     """One image's model output (tensors on any device, any float dtype) -> float32 / int64 numpy arrays."""
     return {"boxes": det["boxes"].float().cpu().numpy(), "labels": det["labels"].cpu().numpy(),
             "scores": det["scores"].float().cpu().numpy()}
+
+
+def rgb_input(image):
+    """A predictor's input as pixels: a path is read (HxWx3 uint8 RGB), an array must be HxWx3 uint8 RGB,
+    a [3,H,W] tensor passes through. The same for every backend."""
+    if isinstance(image, str):
+        from vggdet.data.image_io import read_image
+
+        image = read_image(image)
+    if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
+    return image
+
+
+def check_single(image) -> None:
+    """The argument check of `predict` (one image), the same for every backend."""
+    if isinstance(image, (list, tuple)):
+        raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
+                        "use predict_batch() for several")
 
 
 def check_batch(images, score_thresh: Optional[float]) -> None:

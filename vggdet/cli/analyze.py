@@ -14,7 +14,7 @@ import argparse
 import os
 
 from vggdet.cli import command
-from vggdet.cli.eval import load_voc
+from vggdet.cli.eval import add_input_arguments, load_voc
 from vggdet.evaluation.analysis import ERROR_TYPES, SPECIAL_TYPES
 from vggdet.fileio import ensure_writable
 
@@ -22,15 +22,8 @@ from vggdet.fileio import ensure_writable
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="analyze_det.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--voc-root", help="a VOC2007-style folder (Annotations/, ImageSets/Main/, JPEGImages/)")
-    src.add_argument("--coco-ann", help="COCO instances JSON (ground truth)")
-    p.add_argument("--results", required=True, help="VOC: folder of comp4_det_<split>_<class>.txt; COCO: JSON")
+    add_input_arguments(p)
     p.add_argument("--out", required=True, help="report folder (analysis.json, report.html, PNG figures)")
-    p.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>.txt)")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated VOC class names, or 'auto' (from the XML files); default: from the "
-                        "results file names (the 20 VOC classes when all of them are VOC classes)")
     p.add_argument("--images", default=None,
                    help="COCO: the image folder, for the gallery (default: <ann folder>/../<split name>)")
     p.add_argument("--score-thr", type=float, default=0.5, help="score threshold of the confusion matrix")

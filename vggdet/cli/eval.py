@@ -19,19 +19,25 @@ from vggdet.evaluation.results import guess_voc_classes
 from vggdet.fileio import ensure_writable, write_json
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="eval_det.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """Ground truth and results, the same for eval_det and analyze_det: --voc-root | --coco-ann, --results,
+    --split, --classes."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--voc-root", help="a VOC2007-style folder (Annotations/, ImageSets/Main/)")
     src.add_argument("--coco-ann", help="COCO instances JSON (ground truth)")
     p.add_argument("--results", required=True, help="VOC: folder of comp4_det_<split>_<class>.txt; COCO: JSON")
     p.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>.txt)")
-    p.add_argument("--metric", choices=["voc07", "voc10", "coco"], default=None,
-                   help="default: voc07 with --voc-root, coco with --coco-ann")
     p.add_argument("--classes", default=None,
                    help="comma-separated VOC class names, or 'auto' (from the XML files); default: from the "
                         "results file names (the 20 VOC classes when all of them are VOC classes)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eval_det.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
+    p.add_argument("--metric", choices=["voc07", "voc10", "coco"], default=None,
+                   help="default: voc07 with --voc-root, coco with --coco-ann")
     p.add_argument("--iou", type=float, default=0.5, help="VOC IoU threshold (a match needs IoU > this)")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--plot", help="VOC: save per-class precision-recall curves (PNG) in this folder")

@@ -50,22 +50,18 @@ def report(checkpoint: str, config: Optional[str], overrides: list, out: str, an
     from vggdet.evaluation import format_table
     from vggdet.fileio import write_json
 
-    metrics = evaluate_checkpoint(checkpoint, config, overrides, results_dir=out)
+    report_dir = os.path.join(out, "report") if analysis else None
+    metrics = evaluate_checkpoint(checkpoint, config, overrides, results_dir=out, analysis_dir=report_dir)
     if metrics is not None:
         print(format_table(metrics))
         write_json(os.path.join(out, "metrics.json"), {**metrics, "checkpoint": checkpoint})
         print(f"results and metrics.json written to {out}")
-    if analysis and metrics is not None:
-        from vggdet.checkpoint import config_from_checkpoint, load_checkpoint
-        from vggdet.cli.analyze import format_summary
-        from vggdet.data import build_dataset
-        from vggdet.evaluation.report import analyze_results_dir
-        from vggdet.onnx_predictor import OnnxDetector, is_onnx_file
+    if report_dir is not None and metrics is not None:
+        import json
 
-        if is_onnx_file(checkpoint):
-            cfg = OnnxDetector(checkpoint, None, overrides).config
-        else:
-            cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint, config, overrides)
-        print(format_summary(analyze_results_dir(build_dataset(cfg, "test"), out, os.path.join(out, "report"))))
-        print(f"report written to {os.path.join(out, 'report', 'report.html')}")
+        from vggdet.cli.analyze import format_summary
+
+        with open(os.path.join(report_dir, "analysis.json")) as f:
+            print(format_summary(json.load(f)))
+        print(f"report written to {os.path.join(report_dir, 'report.html')}")
     return 0

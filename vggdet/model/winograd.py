@@ -46,17 +46,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
-from functools import lru_cache
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from vggdet.fileio import atomic_path
+from vggdet.runtime import cpu_model as cpu_name  # a module name of its own: tests swap it
 
 M, A = 4, 6  # output tile, input tile (M + 3 - 1)
 # Convs with fewer input channels are not converted at all (conv1_1, 3 channels): the 36 GEMMs have an
@@ -194,19 +193,6 @@ def cache_path() -> str:
     folder = os.environ.get("VGGDET_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vggdet")
     return os.path.join(folder, "winograd.json")
-
-
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU model, e.g. "AMD EPYC" (/proc/cpuinfo's "model name"; platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def tune_key(conv: nn.Conv2d, x: Tensor) -> str:
