@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine  # noqa: E402
 
 from vggdet import Detector, build_detector, load_config  # noqa: E402
-from vggdet.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
-from vggdet.export import export_onnx  # noqa: E402
-from vggdet.onnx_predictor import OnnxDetector  # noqa: E402
+from vggdet.deploy.export import export_onnx  # noqa: E402
+from vggdet.inference.onnx_backend import OnnxPredictor  # noqa: E402
+from vggdet.training.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
@@ -93,7 +93,7 @@ def parity(checkpoint: str, overrides: list) -> None:
         onnx_path = os.path.join(tmp, "m.onnx")
         export_onnx(checkpoint, onnx_path, overrides=overrides)
         ref_det = Detector.from_checkpoint(checkpoint, device="cpu", overrides=overrides)
-        onnx_det = OnnxDetector(onnx_path)
+        onnx_det = OnnxPredictor(onnx_path)
         images = test_images()
         print(f"\nMachine: {machine('cpu')}; {checkpoint}\n")
         print("| image | H x W | detections PyTorch / ORT | same labels | max abs box diff px | max abs score diff |")

@@ -11,7 +11,7 @@ warm-up. Peak RSS (CPU) comes from a fresh subprocess per variant; peak GPU memo
 torch.cuda.max_memory_allocated. Variants:
   vggdet          the package as shipped (CPU: channels_last + Winograd convs, automatic)
   vggdet-plain    vggdet forced to NCHW fp32 oneDNN convs (the reference "plain path")
-  vggdet-cl       vggdet with channels_last but without Winograd (model.winograd = False)
+  vggdet-cl       vggdet with channels_last but without Winograd (runtime.winograd = False)
   vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
   torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
@@ -44,13 +44,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import autocast, jpeg_like_images, machine, median, peak_rss_mib, timed, torchvision_twin  # noqa: E402
 
 from vggdet import build_detector, load_config  # noqa: E402
+from vggdet.config import RuntimeConfig  # noqa: E402
+from vggdet.inference.tuning import convert_for_inference  # noqa: E402
 
 ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8", "onnxruntime-int8-svd"]
 ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", *ONNX_VARIANTS]
 
 
 def winograd_switch(variant: str):
-    """`FasterRCNN.winograd` for a vggdet variant: off for the oneDNN variants, auto otherwise."""
+    """`runtime.winograd` for a vggdet variant: off for the oneDNN variants, auto otherwise."""
     return False if variant in ("vggdet-plain", "vggdet-cl") else None
 
 
@@ -81,8 +83,9 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
     for switch, m in vggdet.items():
-        m.winograd = switch
-        m.eval()  # applies the switch: converts the wide 3x3 convs on the CPU unless False
+        m.eval()
+        # what the predictor does (vggdet/inference/tuning.py): the wide 3x3 convs on the CPU, unless False
+        convert_for_inference(m, RuntimeConfig(winograd=switch), torch.device(device))
     return models
 
 
@@ -91,8 +94,8 @@ def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006
     vggdet/quantize.py, calibrated on 8 benchmark-like images; "-svd": fc6/fc7 factored to 1024/256 first."""
     import tempfile
 
-    from vggdet.export import export_model
-    from vggdet.quantize import quantize_onnx
+    from vggdet.deploy.export import export_model
+    from vggdet.deploy.quantize import quantize_onnx
 
     svd = variant.endswith("-svd")
     key = ("svd" if svd else "fp32", "-int8" in variant)
@@ -262,17 +265,17 @@ def layers_table(a) -> None:
     """Every 3x3 conv of the full-size VGG16 + RPN at a 600x800 input: oneDNN (channels_last, the
     fastest oneDNN layout) vs `vggdet.model.winograd.conv3x3`, both with the ReLU, the error of each
     against float64, and which path each conv runs: by the fixed rule (`winograd.eligible`, tuning off)
-    and as tuned (`winograd.decide`: the cached decision for this machine, measured now where missing)."""
+    and as tuned (`tuning.decide`: the cached decision for this machine, measured now where missing)."""
+    from vggdet.inference import tuning
     from vggdet.model import winograd
 
     torch.manual_seed(0)
     model = build_detector(load_config(None, ["model.num_classes=20"]))
-    model.winograd = False
     model.eval()  # plain Conv2d modules: both paths are timed on each
     layers = [(f"body.{i}", m) for i, m in enumerate(model.backbone.body)] + [("rpn.conv", model.rpn.conv)]
     x = torch.rand(a.batch[0], 3, 600, 800).contiguous(memory_format=torch.channels_last)
     print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up; "
-          f"tuned decisions from {winograd.cache_path()} (measured now where missing)\n")
+          f"tuned decisions from {tuning.cache_path()} (measured now where missing)\n")
     print("| layer | in -> out channels | feature map | oneDNN s | Winograd s | speed-up | rel. error oneDNN | "
           "rel. error Winograd | Winograd by the fixed rule | Winograd as tuned |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -296,7 +299,8 @@ def layers_table(a) -> None:
                     ts["win"].append(t2)
             t1, t2 = median(ts["one"]), median(ts["win"])
             fixed = winograd.eligible(conv)  # what runs with runtime.winograd_tune=False
-            tuned = winograd.candidate(conv) and winograd.decide(conv, x, relu=True)[0]  # the default
+            tuned = winograd.candidate(conv) and tuning.decide(  # the default
+                winograd.WinogradConv2d.from_conv(conv, relu=torch.nn.ReLU()), x)[0]
             total[0] += t1
             total[1] += t2 if fixed else t1
             total[2] += t2 if tuned else t1

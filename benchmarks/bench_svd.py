@@ -5,7 +5,7 @@
 
 CHECKPOINT may be `random` (default VGG16 config, random weights: speed only). Images: the .jpg/.png
 files of --image-dir (e.g. the test set's JPEGImages), else generated 500x375 images. The compressed
-model is made in memory with `vggdet.svd.compress_fc` (the same factors tools/compress_svd.py writes).
+model is made in memory with `vggdet.deploy.svd.compress_fc` (the same factors tools/compress_svd.py writes).
 Also prints how many of the full model's confident detections (score >= 0.5) the compressed one
 reproduces (same label, IoU >= 0.5); the mAP change is measured with tools/test_det.py on the
 checkpoint that tools/compress_svd.py writes.
@@ -27,14 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import jpeg_like_images, machine, median, timed  # noqa: E402
 
 from vggdet import build_detector, load_config  # noqa: E402
-from vggdet.svd import compress_fc  # noqa: E402
+from vggdet.deploy.svd import compress_fc  # noqa: E402
 
 
 def load_model(checkpoint: str, device: str):
     if checkpoint == "random":
         torch.manual_seed(0)
         return build_detector(load_config(None, [])).to(device).eval()
-    from vggdet.predictor import Detector
+    from vggdet.inference.torch_backend import Detector
 
     return Detector.from_checkpoint(checkpoint, device=device).model
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import machine  # noqa: E402
 
-from vggdet.dataset_eval import evaluate_checkpoint  # noqa: E402
+from vggdet.inference.dataset import evaluate_checkpoint  # noqa: E402
 
 VARIANTS = {
     "plain": [],
@@ -42,8 +42,8 @@ def main(argv=None) -> None:
     variants = {k: VARIANTS[k] for k in a.variants.split(",")}
     if a.tta_scales:
         variants["tta_hflip_scales"] = ["test.tta.hflip=true", f"test.tta.scales=[{a.tta_scales}]"]
-    from vggdet.checkpoint import load_detector
     from vggdet.data import build_dataset
+    from vggdet.training.checkpoint import load_detector
 
     _, cfg, _ = load_detector(a.checkpoint, overrides=a.set)
     images = len(build_dataset(cfg, "test"))

@@ -60,10 +60,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 # ------------------------------------------------------------------------------------------- sections
-# Unit tests: test_perf on CUDA (equality, autocast, forward/backward); test_model on CPU.
+# Unit tests: test_winograd and test_runtime on CUDA (equality, autocast, forward/backward); test_model on CPU.
 if "$PY" -c "import pytest" 2>/dev/null; then
     section tests 110 env VGGDET_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \
-        tests/test_perf.py tests/test_model.py
+        tests/test_winograd.py tests/test_runtime.py tests/test_model.py
 else
     echo "- tests: SKIPPED (pytest is not installed)" | tee -a "$SUMMARY" >&2
 fi

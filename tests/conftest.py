@@ -94,3 +94,38 @@ def winograd_cache_dir(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VGGDET_CACHE_DIR", str(folder))
         yield folder
+
+
+# ------------------------------------------------------------------------------------- shared materials
+FAST = ["model.rpn.pre_nms_top_n_test=500", "model.rpn.post_nms_top_n_test=50", "model.roi_head.detections_per_img=10"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An untrained TINY checkpoint (2 classes, seeded): fast, and with plenty of low-score detections."""
+    import torch
+
+    from vggdet import build_detector, load_config
+    from vggdet.training.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("tiny_ckpt")
+    cfg = load_config(None, TINY + FAST)
+    torch.manual_seed(0)
+    save_checkpoint(str(d / "tiny.pt"), {"model": build_detector(cfg).state_dict(), "config": cfg.to_dict(),
+                                         "classes": ["circle", "square"]})
+    return d / "tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory) -> str:
+    """A shapes dataset in VOC layout: 8 train / 4 test images of 128 px (seed 3)."""
+    from vggdet.data import make_shapes
+
+    return make_shapes(str(tmp_path_factory.mktemp("small_shapes") / "voc"), "voc", 8, 4, 128, seed=3)
+
+
+def one_line(r: subprocess.CompletedProcess) -> str:
+    """The one error line of a tool's stderr (warnings aside)."""
+    lines = [line for line in r.stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]

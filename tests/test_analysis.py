@@ -2,7 +2,6 @@
 COCOeval (COCO128), the confusion matrix's sums, the report page, the tool and test_det.py --report."""
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import io
@@ -231,8 +230,8 @@ def perturbed_detections(ds, seed: int) -> list:
 def coco128(tmp_path_factory, coco128_root) -> tuple:
     """(dataset, ground-truth JSON, results JSON, analysis) on COCO128 (its 10 crowd boxes included) with
     perturbed detections, read by the tool's own COCO reader."""
-    from vggdet.cli.analyze import load_coco
     from vggdet.data.coco import COCODetection
+    from vggdet.evaluation import load_coco_with_results
 
     tmp_path = tmp_path_factory.mktemp("coco128")
     d = json.loads((coco128_root / "annotations" / "instances_train2017.json").read_text())
@@ -241,7 +240,7 @@ def coco128(tmp_path_factory, coco128_root) -> tuple:
     gt_path, res_path = tmp_path / "gt.json", tmp_path / "dets.json"
     gt_path.write_text(json.dumps(d))
     res_path.write_text(json.dumps(perturbed_detections(COCODetection("", str(gt_path), train=False), seed=0)))
-    ds, dets = load_coco(argparse.Namespace(coco_ann=str(gt_path), results=str(res_path), images=None))
+    ds, dets = load_coco_with_results(str(gt_path), str(res_path))
     anns = [ds.get_annotation(i) for i in range(len(ds))]
     return ds, gt_path, res_path, analyze(anns, dets, ds.classes, ds.image_ids)
 
@@ -377,8 +376,8 @@ def test_tool_empty_results_and_bad_input(voc_run, tmp_path):
 
 def test_test_det_report(tmp_path):
     from vggdet import build_detector, load_config
-    from vggdet.checkpoint import save_checkpoint
     from vggdet.data import SHAPES_CLASSES
+    from vggdet.training.checkpoint import save_checkpoint
 
     cfg = load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "model.rpn.post_nms_top_n_test=50",
                                                           "model.roi_head.detections_per_img=20"))

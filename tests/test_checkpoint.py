@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, LEGACY, TINY, run_tool
+from conftest import FIXTURES, LEGACY, TINY, one_line, run_tool
 from conftest import LEGACY_EXPECTED as EXPECTED
 
 from vggdet import Detector, build_detector, load_config
-from vggdet.checkpoint import (
+from vggdet.config import RENAMED, Config
+from vggdet.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointDir,
     CheckpointError,
@@ -20,8 +21,7 @@ from vggdet.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from vggdet.config import RENAMED, Config
-from vggdet.trainer import train
+from vggdet.training.trainer import train
 
 
 def test_legacy_checkpoint_is_migrated():
@@ -123,3 +123,17 @@ def test_checkpoint_dir_rotation_and_resume_path(tmp_path):
     assert ckpts.resume_path("auto") == str(tmp_path / "latest.pth")
     with pytest.raises(CheckpointError, match="weights only"):
         ckpts.load_for_resume(str(tmp_path / "latest.pth"))
+
+
+def test_checkpoint_that_does_not_fit_the_config(tiny_ckpt, tmp_path, small_shapes):
+    r = run_tool(["tools/test_det.py", str(tiny_ckpt), "--out", str(tmp_path / "t"), "--set", "model.num_classes=5"])
+    line = one_line(r)
+    assert r.returncode == 2 and "roi_head.cls_score.weight has shape (3, 128) in the checkpoint but (6, 128)" in line
+    assert "model.num_classes" in line
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(str(tmp_path / "random.pth"))
+    full = open(tiny_ckpt, "rb").read()
+    (tmp_path / "cut.pth").write_bytes(full[: len(full) // 2])
+    with pytest.raises(CheckpointError, match="cut.pth: cannot read checkpoint, truncated or corrupt"):
+        load_checkpoint(str(tmp_path / "cut.pth"))

@@ -2,20 +2,16 @@
 the package's one-way imports."""
 from __future__ import annotations
 
-import ast
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import ROOT, SHAPES_CONFIG, run_tool, tiny_train_overrides
+from conftest import ROOT, SHAPES_CONFIG, run_tool
 
 from vggdet.cli import command, split_set_items
-from vggdet.config import RuntimeConfig, load_config
 from vggdet.errors import Interrupted, TrainingError
-from vggdet.runtime import amp_dtype
 
 TOOLS = {"train_det": "vggdet-train", "test_det": "vggdet-test", "infer": "vggdet-infer", "eval_det": "vggdet-eval",
          "compress_svd": "vggdet-svd", "browse_dataset": "vggdet-browse", "make_shapes": "vggdet-shapes",
@@ -64,7 +60,27 @@ def test_console_commands_run_the_tools(tool):
         pytest.skip(f"{exe.name} is not installed in this environment (pip install -e . installs it)")
     a, b = run_tool(["tools/" + tool + ".py", "--help"]), _run([str(exe), "--help"])
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
-    assert a.stdout == b.stdout and "usage:" in a.stdout  # the same parser, the same code
+    # the same parser and code; the usage line names the command that was run
+    assert a.stdout.startswith(f"usage: {tool}.py") and b.stdout.startswith(f"usage: {TOOLS[tool]}")
+    assert " ".join(a.stdout.split()[2:]) == " ".join(b.stdout.split()[2:])
+
+
+def test_help_answers_without_importing_torch():
+    """--help parses before any heavy import (torch alone takes seconds to import on these machines)."""
+    code = ("import importlib, sys\n"
+            f"for name in {sorted(TOOLS)!r}:\n"
+            "    module = importlib.import_module('vggdet.cli.' + {'train_det': 'train', 'test_det': 'test', "
+            "'eval_det': 'eval', 'compress_svd': 'svd', 'browse_dataset': 'browse', 'make_shapes': 'shapes', "
+            "'analyze_det': 'analyze'}.get(name, name))\n"
+            "    try:\n"
+            "        module.main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "    heavy = [m for m in ('torch', 'cv2', 'onnx', 'matplotlib', 'albumentations') if m in sys.modules]\n"
+            "    assert not heavy, (name, heavy)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
 def test_console_command_bad_input_is_one_line(tmp_path):
@@ -74,69 +90,3 @@ def test_console_command_bad_input_is_one_line(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint" * 10)
     r = _run([str(exe), str(tmp_path / "junk.pth")])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "junk.pth" in r.stderr, r.stderr
-
-
-def test_amp_is_one_rule_for_every_device():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype(RuntimeConfig(), cpu) is None and amp_dtype(RuntimeConfig(), cuda) is None
-    on = RuntimeConfig(amp=True)
-    assert amp_dtype(on, cpu) == torch.bfloat16 and amp_dtype(on, cuda) == torch.float16
-    assert amp_dtype(RuntimeConfig(amp=True, amp_dtype="bfloat16"), cuda) == torch.bfloat16
-
-
-def test_cpu_training_with_amp_runs_bf16(tmp_path):
-    from vggdet.trainer import Trainer
-
-    cfg = load_config(SHAPES_CONFIG, tiny_train_overrides(tmp_path, "runtime.amp=true", "runtime.device=cpu"))
-    trainer = Trainer(cfg, str(tmp_path / "work"))
-    assert trainer.dtype == torch.bfloat16 and not trainer.scaler.is_enabled()  # bf16 needs no loss scaling
-    images, targets = next(iter(trainer.loader))
-    losses = trainer.step(images, targets)
-    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
-    assert all(v == v and abs(v) < 1e3 for v in losses.values())  # finite
-
-
-# ----------------------------------------------------------------------------------- one-way imports
-def _vggdet_imports(path: Path) -> set:
-    """Absolute names of the vggdet modules that `path` imports (relative imports resolved)."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    if path.name == "__init__.py":
-        package += ".__init__"
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: -node.level] + ([base] if base else []))
-            out |= {base} | {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-    return {m for m in out if m == "vggdet" or m.startswith("vggdet.")}
-
-
-def test_imports_run_one_way():
-    """model <- data / evaluation <- dataset_eval / predictor <- trainer <- cli (and tools)."""
-    graph = {".".join(p.relative_to(ROOT).with_suffix("").parts): _vggdet_imports(p)
-             for p in (ROOT / "vggdet").rglob("*.py")}
-    assert len(graph) > 30
-
-    def offenders(importer: str, forbidden: tuple) -> list:
-        inside = [name for name in graph if name == importer or name.startswith(importer + ".")]
-        assert inside, importer
-        return sorted(m for name in inside for m in graph[name]
-                      if m in forbidden or m.startswith(tuple(f + "." for f in forbidden)))
-
-    user_facing = ("vggdet.predictor", "vggdet.cli", "vggdet.trainer", "vggdet.dataset_eval", "vggdet.media",
-                   "vggdet.video")
-    assert offenders("vggdet.model", ("vggdet.data", "vggdet.evaluation", "vggdet.checkpoint") + user_facing) == []
-    assert offenders("vggdet.data", ("vggdet.model", "vggdet.evaluation") + user_facing) == []
-    assert offenders("vggdet.evaluation", ("vggdet.model",) + user_facing) == []
-    assert offenders("vggdet.dataset_eval", ("vggdet.predictor", "vggdet.trainer", "vggdet.cli")) == []
-    assert offenders("vggdet.trainer", ("vggdet.predictor", "vggdet.cli", "vggdet.media", "vggdet.video")) == []
-    # nothing but the tools and the package's lazy top-level export reaches the predictor
-    users = sorted(name for name, deps in graph.items() if "vggdet.predictor" in deps)
-    assert users == ["vggdet.__init__", "vggdet.cli.infer"], users
-    assert not any(name.startswith("vggdet.") and name.split(".")[-1].startswith("test_") for name in graph)
-    functions = [n.name for p in (ROOT / "vggdet").rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
-                 if isinstance(n, ast.FunctionDef)]
-    assert len(functions) > 100 and not [f for f in functions if f.startswith("test_")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, one_line, run_tool
 
 from vggdet.config import AugmentConfig, load_config
 from vggdet.data import (
@@ -349,3 +350,30 @@ def test_browse_dataset_tool(tmp_path: Path, shapes_voc: Path, capsys, monkeypat
     assert browse_dataset.main([str(cfg), "--out", str(tmp_path / "o"), "--num", "2"]) == 0
     assert len(list((tmp_path / "o").iterdir())) == 2 and "circle" in capsys.readouterr().out
     assert browse_dataset.main([str(cfg), "--out", str(tmp_path / "o"), "--set", "data.format=voc"]) == 2
+
+
+def test_empty_split_stops_with_the_split_file(tmp_path, small_shapes):
+    split = os.path.join(small_shapes, "ImageSets", "Main", "empty.txt")
+    open(split, "w").close()
+    with pytest.raises(DataError, match=r"empty\.txt: the split is empty"):
+        VOCDetection(small_shapes, "empty", classes=["circle", "square", "triangle"])
+    cfg = tmp_path / "c.py"
+    cfg.write_text(f"model = dict(num_classes=3)\ndata = dict(format='voc', root={small_shapes!r}, "
+                   "train_sets=[['.', 'empty']], test_sets=[['.', 'test']], classes=['circle', 'square', 'triangle'])\n")
+    r = run_tool(["tools/train_det.py", str(cfg), "--work-dir", str(tmp_path / "w")])
+    assert r.returncode == 2 and "empty.txt: the split is empty" in one_line(r)
+    assert not list((tmp_path / "w").glob("*.pth"))
+
+
+def test_degenerate_boxes_warning_names_images_and_why(tmp_path, small_shapes):
+    import shutil
+
+    root = tmp_path / "voc"
+    shutil.copytree(small_shapes, root)
+    first = (root / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    xml = root / "Annotations" / f"{first}.xml"
+    text = xml.read_text()
+    xmin = text.split("<xmin>")[1].split("<")[0]
+    xml.write_text(text.replace(f"<xmax>{text.split('<xmax>')[1].split('<')[0]}</xmax>", f"<xmax>{xmin}</xmax>", 1))
+    with pytest.warns(UserWarning, match=rf"dropped 1 degenerate box\(es\): {first} \(zero area as annotated\)"):
+        VOCDetection(str(root), "test", classes=["circle", "square", "triangle"])

@@ -8,8 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_tool
 
+from vggdet.data import VOCDetection
 from vggdet.evaluation import (
     EvalError,
     evaluate,
@@ -362,3 +363,44 @@ def test_write_coco_results_maps_categories(tmp_path):
     res = write_coco_results(str(tmp_path / "r.json"), [det], ["42"], [None, 7, 9])
     assert res == [{"image_id": 42, "category_id": 9, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 0.5}]
     assert json.loads((tmp_path / "r.json").read_text()) == res
+
+
+def test_evaluation_without_any_ground_truth_is_an_error():
+    gt = [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)} for _ in range(3)]
+    dets = [{"boxes": np.array([[0, 0, 5, 5.0]]), "labels": np.array([1]), "scores": np.array([0.9])}] * 3
+    with pytest.raises(EvalError, match="no class has .* ground truth in the 3 test image"):
+        evaluate_voc(gt, dets, ["a", "b"])
+
+
+def test_eval_det_warns_when_most_images_have_no_detections(tmp_path, small_shapes):
+    ds = VOCDetection(small_shapes, "test", classes=["circle", "square", "triangle"])
+    assert len(ds) == 4
+    from vggdet.evaluation import write_voc_results
+
+    ann = ds.get_annotation(0)
+    dets = [{"boxes": ann["boxes"], "labels": ann["labels"], "scores": np.ones(len(ann["labels"]))}]
+    dets += [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "scores": np.zeros(0)}] * 3
+    write_voc_results(str(tmp_path / "res"), "test", ds.classes, ds.image_ids, dets)
+    r = run_tool(["tools/eval_det.py", "--voc-root", small_shapes, "--split", "test", "--results", str(tmp_path / "res"),
+                  "--classes", "circle,square,triangle"])
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stderr and "3 of 4 images have no detections at all" in r.stderr
+
+
+def test_eval_det_out_is_checked_before_the_work_and_a_folder_gets_metrics_json(tmp_path, small_shapes):
+    ds = VOCDetection(small_shapes, "test", classes=["circle", "square", "triangle"])
+    from vggdet.evaluation import write_voc_results
+
+    dets = [{k: ds.get_annotation(i)[k] for k in ("boxes", "labels")} for i in range(len(ds))]
+    for d in dets:
+        d["scores"] = np.ones(len(d["labels"]))
+    write_voc_results(str(tmp_path / "res"), "test", ds.classes, ds.image_ids, dets)
+    args = ["tools/eval_det.py", "--voc-root", small_shapes, "--results", str(tmp_path / "res"),
+            "--classes", "circle,square,triangle", "--out"]
+    (tmp_path / "folder").mkdir()
+    r = run_tool(args + [str(tmp_path / "folder")])
+    assert r.returncode == 0 and json.loads((tmp_path / "folder" / "metrics.json").read_text())["mAP"] == pytest.approx(1.0)
+    (tmp_path / "a_file").write_text("x")
+    r = run_tool(args + [str(tmp_path / "a_file" / "m.json")])
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --out {tmp_path / 'a_file'}: cannot write there")
+    assert "mAP" not in r.stdout  # refused before the table, not after it

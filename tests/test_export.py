@@ -18,8 +18,8 @@ onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pi
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
 
 from vggdet import Detector  # noqa: E402
-from vggdet.export import ExportError, export_onnx  # noqa: E402
-from vggdet.onnx_predictor import OnnxDetector, OnnxModelError  # noqa: E402
+from vggdet.deploy.export import ExportError, export_onnx  # noqa: E402
+from vggdet.inference.onnx_backend import OnnxModelError, OnnxPredictor  # noqa: E402
 
 BOX_TOL, SCORE_TOL = 0.5, 1e-3
 
@@ -74,7 +74,7 @@ def assert_same(ref: dict, got: dict, what: str) -> None:
 
 def test_onnx_equals_pytorch_at_batch_1_over_many_sizes(exported, torch_det, images):
     det = Detector.from_checkpoint(str(exported))
-    assert isinstance(det, OnnxDetector) and det.classes == torch_det.classes
+    assert isinstance(det, OnnxPredictor) and det.classes == torch_det.classes
     sizes = {im.shape[:2] for im in images.values()}
     assert len(sizes) >= 10
     counts = {}
@@ -91,7 +91,7 @@ def test_onnx_batch_gives_each_image_its_own_detections(exported, torch_det, ima
     """A batch of one size: every image gets its detections, in order, equal to PyTorch on the same batch."""
     ids = (legacy_shapes / "ImageSets" / "Main" / "test.txt").read_text().split()[:4]
     batch = [_rgb(legacy_shapes / "JPEGImages" / f"{i}.jpg") for i in ids] + [images["blank"][:128, :128]]
-    det = OnnxDetector(str(exported))
+    det = OnnxPredictor(str(exported))
     ref, got = torch_det.predict_batch(batch), det.predict_batch(batch)
     for k, (r, g) in enumerate(zip(ref, got)):
         assert_same(r, g, f"batch image {k}")
@@ -152,20 +152,20 @@ def test_svd_fp16_roialign_and_fixed_batch_exports(tmp_path, torch_det, images):
     full = export_onnx(str(LEGACY), str(tmp_path / "full.onnx"))
     half = export_onnx(str(LEGACY), str(tmp_path / "half.onnx"), fp16=True)
     assert svd["bytes"] < full["bytes"] and half["bytes"] < 0.6 * full["bytes"]
-    got = OnnxDetector(str(tmp_path / "half.onnx")).predict(im)
+    got = OnnxPredictor(str(tmp_path / "half.onnx")).predict(im)
     assert_same(ref, got, "fp16 weights")  # fp16 storage, fp32 compute: still within the tolerance here
     # SVD: equal to the PyTorch model with the same factored layers
-    from vggdet.svd import compress_checkpoint
+    from vggdet.deploy.svd import compress_checkpoint
 
     compress_checkpoint(str(LEGACY), 8, 8, str(tmp_path / "svd.pth"))
     assert_same(Detector.from_checkpoint(str(tmp_path / "svd.pth"), device="cpu").predict(im),
-                OnnxDetector(str(tmp_path / "svd.onnx")).predict(im), "svd 8,8")
+                OnnxPredictor(str(tmp_path / "svd.onnx")).predict(im), "svd 8,8")
     # RoIAlign (opset 16 RoiAlign) and class-agnostic NMS, through --set overrides on both sides
     over = ["model.roi_head.pool=align", "model.roi_head.class_agnostic_nms=true"]
     export_onnx(str(LEGACY), str(tmp_path / "align.onnx"), overrides=over, batch_size=2)
     assert {"RoiAlign"} <= {n.op_type for n in onnx.load(str(tmp_path / "align.onnx")).graph.node}
     ref = Detector.from_checkpoint(str(LEGACY), device="cpu", overrides=over).predict_batch([im, im, im])
-    got = OnnxDetector(str(tmp_path / "align.onnx")).predict_batch([im, im, im])  # fixed batch 2: 2 + 1 padded
+    got = OnnxPredictor(str(tmp_path / "align.onnx")).predict_batch([im, im, im])  # fixed batch 2: 2 + 1 padded
     assert len(ref[0]["boxes"]) > 0
     for r, g in zip(ref, got):
         assert_same(r, g, "roi align, batch 2")
@@ -200,6 +200,40 @@ def test_bad_files_and_options_are_one_line_errors(tmp_path, exported, monkeypat
         assert not (tmp_path / "x.onnx").exists()
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(OnnxModelError, match=r"pip install 'vggdet\[export\]'"):
-        OnnxDetector(str(exported))
+        OnnxPredictor(str(exported))
     with pytest.raises(ExportError, match="rank"):
         export_onnx(str(LEGACY), str(tmp_path / "y.onnx"), svd=(10**6, None))
+
+
+@pytest.mark.parametrize("name", ["legacy_v1.onnx", "legacy_v1_int8.onnx"])
+def test_exports_of_the_previous_main_give_the_same_detections(name):
+    """Files exported (and quantized) by main before the inference package moved (tests/fixtures/README.md)
+    load through today's predictor and give the recorded detections."""
+    expected = json.loads((FIXTURES / "legacy_onnx_expected.json").read_text())[name]
+    image = _rgb(FIXTURES / "legacy_image.png")
+    inputs = {"image": image, "image_and_mirror": np.ascontiguousarray(np.concatenate([image, image[:, ::-1]], 1))}
+    predictor = Detector.from_checkpoint(str(FIXTURES / name), device="cpu")
+    assert predictor.backend == "onnxruntime" and predictor.precision == ("int8" if "int8" in name else "fp32")
+    for key, im in inputs.items():
+        got, want = predictor.predict(im), expected[key]
+        assert len(want["labels"]) > 20 and got["names"] == want["names"], key
+        np.testing.assert_allclose(got["boxes"], np.array(want["boxes"]), rtol=0, atol=1e-3)
+        np.testing.assert_allclose(got["scores"], np.array(want["scores"]), rtol=0, atol=1e-5)
+
+
+def test_export_score_cutoff_is_recorded_and_a_lower_threshold_warns_once(tmp_path, exported):
+    low = tmp_path / "low.onnx"
+    r = run_tool(["tools/export.py", str(LEGACY), "--out", str(low), "--score-thr", "0.02"])
+    assert r.returncode == 0 and "score cut-off 0.02" in r.stdout, r.stderr[-2000:]
+    assert json.loads(OnnxPredictor(str(low)).metadata["score_thresh"]) == pytest.approx(0.02)
+    image = _rgb(FIXTURES / "legacy_image.png")
+    default = OnnxPredictor(str(exported))  # the checkpoint's cut-off: runtime.score_thresh = 0.1
+    assert default.min_score == pytest.approx(0.1)
+    with pytest.warns(UserWarning, match=r"scores below 0.1 are cut inside the model.*--score-thr 0.02") as w:
+        few = default.predict(image, score_thresh=0.02)
+        default.predict(image, score_thresh=0.02)
+    assert len(w) == 1
+    more = OnnxPredictor(str(low)).predict(image, score_thresh=0.02)
+    assert len(more["scores"]) > len(few["scores"]) and (few["scores"] >= 0.1).all()
+    r = run_tool(["tools/export.py", str(LEGACY), "--out", str(low), "--score-thr", "2"])
+    assert r.returncode == 2 and "--score-thr must be in [0, 1]" in r.stderr

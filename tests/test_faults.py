@@ -15,8 +15,8 @@ from datetime import datetime
 import torch
 from conftest import ROOT, SHAPES_CONFIG, run_tool, tiny_train_overrides
 
-from vggdet.checkpoint import load_checkpoint
 from vggdet.data.shapes import ensure_shapes
+from vggdet.training.checkpoint import load_checkpoint
 
 
 def small_run(tmp_path, *extra: str) -> list:

@@ -4,20 +4,23 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_tool
 
 from vggdet import build_detector, load_config
-from vggdet.checkpoint import save_checkpoint
-from vggdet.media import collect_inputs, output_names, run_images
-from vggdet.predictor import Detector
-from vggdet.video import run_video
+from vggdet.inference.images import collect_inputs, output_names, run_images
+from vggdet.inference.torch_backend import Detector
+from vggdet.inference.video import run_video
+from vggdet.training.checkpoint import save_checkpoint
 
 # Fewer proposals and detections than the defaults keep the random model fast on two CPU cores.
 FAST = ["model.rpn.pre_nms_top_n_test=500", "model.rpn.post_nms_top_n_test=50",
@@ -182,7 +185,7 @@ def test_video_every_covers_a_partial_last_batch(env, tmp_path):
 
 def test_crashed_or_corrupt_video_leaves_no_output(env, tmp_path):
     """A crash mid-video never leaves a torn file under a final name (Ctrl-C keeps the finished frames:
-    tests/test_reliability.py)."""
+    test_interrupted_video_keeps_the_finished_frames)."""
     d, det = env
 
     class Crashing:
@@ -191,11 +194,11 @@ def test_crashed_or_corrupt_video_leaves_no_output(env, tmp_path):
         def __init__(self):
             self.calls = 0
 
-        def predict_batch(self, images):
+        def predict_batch(self, images, *args):
             self.calls += 1
             if self.calls == 3:
                 raise RuntimeError("the model crashed")
-            return det.predict_batch(images)
+            return det.predict_batch(images, *args)
 
     with pytest.raises(RuntimeError, match="crashed"):
         run_video(Crashing(), str(d / "clip.mp4"), str(tmp_path), batch=2, progress=False)
@@ -277,3 +280,130 @@ def test_torchrun_two_processes_write_what_one_process_writes(env, tmp_path):
     files = sorted(str(p.relative_to(tmp_path / "one")) for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
     assert "images: 3" in run.stdout and "videos: 1" in run.stdout
+
+
+def _video(path, n=30):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 96))
+    for i in range(n):
+        frame = np.full((96, 128, 3), 40, np.uint8)
+        cv2.circle(frame, (20 + 3 * i, 48), 15, (0, 0, 255), -1)
+        w.write(frame)
+    w.release()
+
+
+def _frames(path) -> int:
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.mark.parametrize("how", ["sigint", "exception"])
+def test_interrupted_video_keeps_the_finished_frames(tiny_ckpt, tmp_path, how):
+    det = Detector.from_checkpoint(str(tiny_ckpt), device="cpu")
+
+    class CtrlC:
+        classes = det.classes
+        calls = 0
+
+        def predict_batch(self, images, *args):
+            self.calls += 1
+            if self.calls == 3:  # mid-video: Ctrl-C as a signal, or raised inside the model
+                if how == "exception":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
+            return det.predict_batch(images, *args)
+
+    _video(tmp_path / "clip.mp4")
+    stats = run_video(CtrlC(), str(tmp_path / "clip.mp4"), str(tmp_path / "out"), batch=2, progress=False)
+    done = 6 if how == "sigint" else 4  # the batch in flight at a signal still completes
+    rows = [json.loads(line) for line in (tmp_path / "out" / "clip.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(done)) and stats.frames == done
+    assert _frames(tmp_path / "out" / "clip.mp4") == done  # a playable video up to the same frame
+    assert f"complete up to frame {done}" in stats.interrupted
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".tmp_")]
+
+
+def test_broken_video_is_one_line_without_ffmpeg_noise(tiny_ckpt, tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    r = run_tool(["tools/infer.py", str(tiny_ckpt), str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "o")])
+    assert r.returncode == 1 and r.stderr.count("broken.mp4") == 1, r.stderr
+    assert "moov" not in r.stderr and "[mov" not in r.stderr
+
+
+def test_infer_coco_format_and_no_pin_memory_warning(tiny_ckpt, tmp_path):
+    img = tmp_path / "imgs" / "000000000042.jpg"
+    img.parent.mkdir()
+    cv2.imwrite(str(img), np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    r = run_tool(["tools/infer.py", str(tiny_ckpt), str(img.parent), "--out", str(tmp_path / "o"), "--score-thr", "0",
+                  "--format", "coco", "--no-draw"])
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "o" / "detections_coco.json").read_text())
+    jsonl = json.loads((tmp_path / "o" / "detections.jsonl").read_text())
+    assert len(rows) == len(jsonl["detections"]) > 0
+    assert {r["image_id"] for r in rows} == {42} and {r["category_id"] for r in rows} <= {1, 2}
+    x1, y1, x2, y2 = jsonl["detections"][0]["box"]
+    assert rows[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.011)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from vggdet.data import build_dataloader
+
+        cfg = load_config(None, TINY + ["data.format=shapes", f"data.root={tmp_path / 's'}", "data.shapes_num_train=2",
+                                        "data.shapes_num_test=2", "data.shapes_size=64", "data.num_workers=0"])
+        if not torch.cuda.is_available():  # pin_memory=True (the default) must not warn without a GPU
+            next(iter(build_dataloader(cfg, "test", False)))
+
+
+def test_every_counts_keyframe_detections_and_a_range_of_frames(env, tmp_path):
+    """--every N: the summary counts the detections the model made (repeated boxes of skipped frames are
+    not new ones); --start-frame / --max-frames: a range of a long clip, numbered as in the source."""
+    d, det = env
+    stats = run_video(det, str(d / "clip.mp4"), str(tmp_path / "a"), score_thr=0.0, every=4, progress=False)
+    rows = _jsonl(tmp_path / "a" / "clip.jsonl")
+    keyframe_dets = sum(len(rows[i]["detections"]) for i in range(0, N_FRAMES, 4))
+    assert sum(stats.per_class.values()) == keyframe_dets < sum(len(r["detections"]) for r in rows)
+    r = _cli(str(d / "full.pt"), str(d / "clip.mp4"), "--out", str(tmp_path / "b"), "--start-frame", "25",
+             "--max-frames", "10", "--every", "3", *LOW)
+    assert r.returncode == 0, r.stderr
+    rows = _jsonl(tmp_path / "b" / "clip.jsonl")
+    assert [x["frame"] for x in rows] == list(range(25, 35)) and rows[0]["time"] == pytest.approx(25 / FPS)
+    assert _video_props(str(tmp_path / "b" / "clip.mp4"))[1] == 10
+    assert "videos: 1 (10 frames)" in r.stdout and "4 of 10 frames through the model" in r.stdout
+    r = _cli(str(d / "full.pt"), str(d / "clip.mp4"), "--out", str(tmp_path / "c"), "--start-frame", "500")
+    assert r.returncode == 1 and "--start-frame past its end" in r.stderr
+    assert _cli(str(d / "full.pt"), str(d / "clip.mp4"), "--max-frames", "0").returncode == 2
+
+
+def test_ctrl_c_during_images_keeps_the_finished_records(env, tmp_path):
+    d, det = env
+    images = [str(d / "imgs" / "a.jpg"), str(d / "imgs" / "sub" / "a.jpg"), str(d / "imgs" / "gray.png")] * 2
+
+    class CtrlCOnThird:
+        classes, calls = det.classes, 0
+
+        def predict_batch(self, batch, *args):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return det.predict_batch(batch, *args)
+
+    from vggdet.inference.images import run_inputs
+
+    stats = run_inputs(CtrlCOnThird(), images, [], str(tmp_path / "out"), score_thr=0.0, batch=1, draw=False)
+    assert "holds the 2 finished images of 6" in stats.interrupted
+    rows = _jsonl(tmp_path / "out" / "detections.jsonl")
+    assert [r["file"] for r in rows] == images[:2] and all(r["detections"] for r in rows)
+    _no_temp_files(tmp_path / "out")
+
+
+def test_rerun_skips_its_own_output_folder_inside_the_inputs(env, tmp_path):
+    d, _ = env
+    shutil.copytree(d / "imgs", tmp_path / "imgs")
+    out = tmp_path / "imgs" / "annotated"
+    for _ in range(2):
+        r = _cli(str(d / "full.pt"), str(tmp_path / "imgs"), "--out", str(out), *LOW)
+        assert r.returncode == 1 and "images: 3 " in r.stdout, r.stdout + r.stderr  # bad.jpg fails, nothing else
+    assert len(_jsonl(out / "detections.jsonl")) == 3
+    images, _, _ = collect_inputs([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "**" / "*.jpg")], skip=str(out))
+    assert not [p for p in images if "annotated" in p] and len(images) == 4

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pi
 from torchvision.ops import box_iou  # noqa: E402
 
 from vggdet import Detector  # noqa: E402
-from vggdet.onnx_predictor import OnnxDetector, OnnxModelError, _check_int8_device  # noqa: E402
+from vggdet.inference.onnx_backend import OnnxModelError, OnnxPredictor, _check_int8_device  # noqa: E402
 from vggdet.runtime import cpu_flags  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def test_int8_model_loads_everywhere_and_stays_close_to_fp32(int8, legacy_shapes
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("DequantizeLinear") >= 2 * 15  # weights and activations of the 13 convs, rpn conv, fc6/7
     det = Detector.from_checkpoint(str(int8))
-    assert isinstance(det, OnnxDetector) and det.precision == "int8"
+    assert isinstance(det, OnnxPredictor) and det.precision == "int8"
     ref = Detector.from_checkpoint(str(LEGACY), device="cpu")
     image = cv2.cvtColor(cv2.imread(str(FIXTURES / "legacy_image.png")), cv2.COLOR_BGR2RGB)
     got, want = det.predict(image), ref.predict(image)
@@ -65,7 +65,7 @@ def test_int8_model_loads_everywhere_and_stays_close_to_fp32(int8, legacy_shapes
 
 
 def test_svd_checkpoint_and_calibration_folder(tmp_path, legacy_shapes):
-    from vggdet.svd import compress_checkpoint
+    from vggdet.deploy.svd import compress_checkpoint
 
     compress_checkpoint(str(LEGACY), 8, 8, str(tmp_path / "svd.pth"))
     r = run_tool(["tools/quantize.py", str(tmp_path / "svd.pth"), "--out", str(tmp_path / "svd_int8.onnx"),
@@ -76,7 +76,7 @@ def test_svd_checkpoint_and_calibration_folder(tmp_path, legacy_shapes):
     assert len(quantized) >= 4  # fc6 and fc7 as two factors each
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["calibration_images"] == "3" and json.loads(meta["svd"]) is None
-    out = OnnxDetector(str(tmp_path / "svd_int8.onnx")).predict(np.zeros((128, 128, 3), np.uint8))
+    out = OnnxPredictor(str(tmp_path / "svd_int8.onnx")).predict(np.zeros((128, 128, 3), np.uint8))
     assert set(out) >= {"boxes", "labels", "scores", "names"}
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import ROOT, SHAPES_CONFIG, free_port, run_tool, tiny_train_overrides
 
-from vggdet.checkpoint import load_checkpoint
 from vggdet.config import load_config
 from vggdet.errors import TrainingError
-from vggdet.trainer import train
+from vggdet.training.checkpoint import load_checkpoint
+from vggdet.training.trainer import train
 
 
 def read_log(work_dir: Path, mode: str = "train") -> list:

@@ -11,8 +11,8 @@ from conftest import TINY
 from torch import nn
 
 from vggdet import Detector, build_detector, load_config
-from vggdet.checkpoint import save_checkpoint
 from vggdet.model.tta import TestTimeAugmentation, with_tta
+from vggdet.training.checkpoint import save_checkpoint
 
 
 class BrightBox(nn.Module):

@@ -51,13 +51,24 @@ class OutputError(ValueError):
     """An output folder that cannot be written; the message names it."""
 
 
+_CREATED: list = []  # folders ensure_writable made, removed again by remove_unused_folders if still empty
+
+
 def ensure_writable(folder: str, what: str = "--out") -> None:
     """Create `folder` if needed and check that a file can be written in it, before any slow work starts.
 
-    A real write, not os.access: root passes every permission check except the file system's own.
+    A real write, not os.access: root passes every permission check except the file system's own. The
+    folders made here are remembered: `remove_unused_folders` (the tools call it on exit) deletes those
+    that stayed empty, so a run that fails before its first output leaves no empty folder behind.
     """
+    missing = []
+    parent = os.path.abspath(folder)
+    while parent and not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
     try:
         os.makedirs(folder, exist_ok=True)
+        _CREATED.extend(missing)
         with tempfile.TemporaryFile(prefix=".tmp_", dir=folder):
             pass
     except OSError as e:
@@ -65,3 +76,16 @@ def ensure_writable(folder: str, what: str = "--out") -> None:
     free = shutil.disk_usage(folder).free
     if free < 100 << 20:
         warnings.warn(f"{what} {folder}: only {free >> 20} MiB free on that disk", stacklevel=2)
+
+
+def remove_unused_folders() -> list:
+    """Delete the folders `ensure_writable` created that are still empty (deepest first); returns them."""
+    removed = []
+    for folder in sorted(set(_CREATED), key=len, reverse=True):
+        try:
+            os.rmdir(folder)  # only an empty folder goes
+            removed.append(folder)
+        except OSError:
+            pass
+    _CREATED.clear()
+    return removed

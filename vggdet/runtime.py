@@ -1,18 +1,16 @@
-"""Where and how a model runs, shared by training and inference: the device, the one autocast rule, and
-model outputs as numpy; the batch rules both predictors (PyTorch and ONNX Runtime) follow. Settings come from `cfg.runtime` (vggdet/config.py)."""
+"""Where and how a model runs, shared by training and inference: the device, the one autocast rule, and the
+CPU's facts (model, feature flags). Settings come from `cfg.runtime` (vggdet/config.py)."""
 from __future__ import annotations
 
 import contextlib
 import functools
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
 from vggdet.config import RuntimeConfig
 
-__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "autocast", "detections_to_numpy", "check_batch",
-           "groups_by_size", "finish_detections", "rgb_input", "check_single", "cpu_flags", "cpu_model"]
+__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "autocast", "precision_name", "cpu_flags", "cpu_model"]
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -57,6 +55,11 @@ def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     return amp_dtype(cfg.runtime, device)
 
 
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """An autocast dtype as the precision's name: "fp32" (None), "bf16" or "fp16"."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
 def cpu_flags() -> set:
     """The x86 feature flags of this CPU from /proc/cpuinfo (empty where there is none)."""
     return set(_cpuinfo_field("flags").split())
@@ -86,57 +89,3 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-def detections_to_numpy(det: dict) -> dict:
-    """One image's model output (tensors on any device, any float dtype) -> float32 / int64 numpy arrays."""
-    return {"boxes": det["boxes"].float().cpu().numpy(), "labels": det["labels"].cpu().numpy(),
-            "scores": det["scores"].float().cpu().numpy()}
-
-
-def rgb_input(image):
-    """A predictor's input as pixels: a path is read (HxWx3 uint8 RGB), an array must be HxWx3 uint8 RGB,
-    a [3,H,W] tensor passes through. The same for every backend."""
-    if isinstance(image, str):
-        from vggdet.data.image_io import read_image
-
-        image = read_image(image)
-    if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
-    return image
-
-
-def check_single(image) -> None:
-    """The argument check of `predict` (one image), the same for every backend."""
-    if isinstance(image, (list, tuple)):
-        raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; "
-                        "use predict_batch() for several")
-
-
-def check_batch(images, score_thresh: Optional[float]) -> None:
-    """The argument checks of `predict_batch`, the same for every backend."""
-    if not isinstance(images, (list, tuple)):
-        raise TypeError(f"predict_batch takes a list of images, got {type(images).__name__}; use predict()")
-    if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
-        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
-
-
-def groups_by_size(sizes: list) -> list:
-    """Indices of the images grouped by (H, W), in first-seen order.
-
-    One forward per image size: padding a mixed-size batch to its largest image changes the features
-    near the padded edges, so the batch size would change the detections, not just the speed.
-    """
-    by_size: dict = {}
-    for k, s in enumerate(sizes):
-        by_size.setdefault(tuple(s), []).append(k)
-    return list(by_size.values())
-
-
-def finish_detections(det: dict, score_thresh: Optional[float], classes: list) -> dict:
-    """Keep scores >= `score_thresh` (when given) and add the class "names" [D]."""
-    if score_thresh is not None:
-        keep = det["scores"] >= score_thresh
-        det = {k: v[keep] for k, v in det.items()}
-    det["names"] = [classes[int(c) - 1] for c in det["labels"]]
-    return det

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import warnings
 from typing import Callable, Optional
 
 from vggdet.errors import Interrupted
 
-__all__ = ["command", "split_set_items", "add_set_argument", "add_runtime_arguments", "runtime_overrides"]
+__all__ = ["command", "prog", "split_set_items", "add_set_argument", "add_runtime_arguments", "runtime_overrides",
+           "add_results_arguments", "voc_classes_argument", "print_evaluation"]
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
@@ -28,21 +30,38 @@ def command(main: Callable[[Optional[list]], int]) -> Callable[[Optional[list]],
     def run(argv: Optional[list] = None) -> int:
         warnings.formatwarning = _one_line_warning
         try:
-            return main(argv)
-        except Interrupted as e:
-            print(str(e), file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print("\ninterrupted", file=sys.stderr)
-            return 130
-        except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            print(f"error: {_first_line(e)}", file=sys.stderr)
-            return 2
-        except (RuntimeError, OSError) as e:  # TrainingError, CUDA failures, a full disk
-            print(f"error: {_first_line(e)}", file=sys.stderr)
-            return 1
+            return _run(main, argv)
+        finally:
+            from vggdet.fileio import remove_unused_folders
+
+            remove_unused_folders()  # output folders a failed run never wrote into
 
     return run
+
+
+def _run(main: Callable[[Optional[list]], int], argv: Optional[list]) -> int:
+    """`main(argv)` with the package's errors mapped to one line and an exit status."""
+    try:
+        return main(argv)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as e:  # TrainingError, CUDA failures, a full disk
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 1
+
+
+def prog(script: str) -> str:
+    """The name the tool was run by, for its usage line: `vggdet-infer`, or `infer.py` for the script (and
+    when called from Python)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("vggdet-") else script
 
 
 def _first_line(e: BaseException) -> str:
@@ -89,3 +108,44 @@ def runtime_overrides(args: argparse.Namespace) -> list:
     if getattr(args, "amp", None) is not None:
         out.append(f"runtime.amp={args.amp}")
     return out + list(getattr(args, "set", []))
+
+
+def add_results_arguments(p: argparse.ArgumentParser) -> None:
+    """Ground truth and results, the same for eval_det and analyze_det: --voc-root | --coco-ann, --results,
+    --split, --classes."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--voc-root", help="a VOC2007-style folder (Annotations/, ImageSets/Main/)")
+    src.add_argument("--coco-ann", help="COCO instances JSON (ground truth)")
+    p.add_argument("--results", required=True, help="VOC: folder of comp4_det_<split>_<class>.txt; COCO: JSON")
+    p.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>.txt)")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated VOC class names, or 'auto' (from the XML files); default: from the "
+                        "results file names (the 20 VOC classes when all of them are VOC classes)")
+
+
+def voc_classes_argument(text: Optional[str]):
+    """--classes -> None (from the results files), "auto" or a list of names."""
+    if text is None or text == "auto":
+        return text
+    return [c.strip() for c in text.split(",")]
+
+
+def print_evaluation(path: str, config: Optional[str], overrides: list, out: str, analysis: bool = False) -> int:
+    """Evaluate a model file on its test split; print the table (and the analysis summary); the results
+    files and metrics.json go to `out`, the report to `out`/report (tools/test_det.py, and train_det.py's
+    deprecated --eval-only)."""
+    import os
+
+    from vggdet.evaluation import format_table, tide_summary
+    from vggdet.inference.dataset import evaluate_file
+
+    report_dir = os.path.join(out, "report") if analysis else None
+    result = evaluate_file(path, config, overrides, results_dir=out, analysis_dir=report_dir)
+    if result is None:  # not the main process of several
+        return 0
+    print(format_table(result.metrics))
+    print(f"results and metrics.json written to {out}")
+    if result.analysis is not None:
+        print(tide_summary(result.analysis))
+        print(f"report written to {os.path.join(report_dir, 'report.html')}")
+    return 0

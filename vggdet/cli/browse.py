@@ -10,18 +10,14 @@ import argparse
 import os
 from collections import Counter
 
-import cv2
-
-from vggdet.cli import add_set_argument, command, split_set_items
+from vggdet.cli import add_set_argument, command, prog, split_set_items
 from vggdet.config import load_config
-from vggdet.data import build_dataset
 from vggdet.fileio import ensure_writable
-from vggdet.visualize import draw_boxes
 
 
 @command
 def main(argv: list | None = None) -> int:
-    p = argparse.ArgumentParser(prog="browse_dataset.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("browse_dataset.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--split", choices=["train", "test"], default="train")
@@ -30,6 +26,11 @@ def main(argv: list | None = None) -> int:
     add_set_argument(p)
     a = p.parse_args(split_set_items(argv))
     ensure_writable(a.out)
+    import cv2  # after parsing: --help does not wait for OpenCV or torch
+
+    from vggdet.data import build_dataset
+    from vggdet.inference.draw import draw_boxes
+
     cfg = load_config(a.config, a.set)
     ds = build_dataset(cfg, a.split)
     os.makedirs(a.out, exist_ok=True)

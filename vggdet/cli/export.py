@@ -1,12 +1,13 @@
-"""Export a checkpoint to ONNX: the whole detector, image in, detections out (vggdet/export.py).
+"""Export a checkpoint to ONNX: the whole detector, image in, detections out (vggdet/deploy/export.py).
 
     python tools/export.py CHECKPOINT --out model.onnx [--opset 17] [--svd 1024,256] [--fp16]
-        [--batch-size N|dynamic] [--input-dtype uint8|float32] [--set k=v ...]
+        [--batch-size N|dynamic] [--input-dtype uint8|float32] [--score-thr S] [--set k=v ...]
 
 Input `images` [B,3,H,W] RGB with dynamic height and width (and batch, unless --batch-size N); outputs
-boxes [D,4] (input pixels), labels [D], scores [D], image_index [D]. Run the file with
-`Detector.from_checkpoint("model.onnx")`, tools/infer.py or tools/test_det.py. Also installed as
-`vggdet-export`.
+boxes [D,4] (input pixels), labels [D], scores [D], image_index [D]. The score cut-off is part of the
+graph: --score-thr sets it (default: the checkpoint's); a lower threshold asked of the file later cannot
+bring back what it dropped. Run the file with `load_predictor("model.onnx")`, tools/infer.py or
+tools/test_det.py. Also installed as `vggdet-export`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import argparse
 import os
 from typing import Optional
 
-from vggdet.cli import add_set_argument, command, split_set_items
+from vggdet.cli import add_set_argument, command, prog, split_set_items
 
 
 def _ranks(text: str) -> tuple:
@@ -33,9 +34,9 @@ def _batch(text: str) -> Optional[int]:
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
-    from vggdet.export import DEFAULT_OPSET
+    from vggdet.deploy import DEFAULT_OPSET  # not vggdet.deploy.export: --help must not wait for torch
 
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("export.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="the .onnx file to write")
@@ -48,8 +49,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                    help="a fixed batch size, or dynamic (default)")
     p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8",
                    help="uint8 0..255 (default) or float32 0..1 RGB input")
+    p.add_argument("--score-thr", type=float, default=None, metavar="S",
+                   help="the graph's score cut-off (default: the checkpoint's runtime.score_thresh, else "
+                        "model.roi_head.score_thresh); recorded in the file")
     add_set_argument(p)
-    return p.parse_args(split_set_items(argv))
+    a = p.parse_args(split_set_items(argv))
+    if a.score_thr is not None and not 0.0 <= a.score_thr <= 1.0:
+        p.error(f"--score-thr must be in [0, 1], got {a.score_thr}")
+    return a
 
 
 @command
@@ -57,11 +64,13 @@ def main(argv: Optional[list] = None) -> int:
     a = parse_args(argv)
     if not a.out.lower().endswith(".onnx"):
         raise ValueError(f"--out {a.out}: the file name must end in .onnx")
-    from vggdet.export import export_onnx
+    from vggdet.deploy.export import export_onnx
     from vggdet.fileio import ensure_writable
 
     ensure_writable(os.path.dirname(os.path.abspath(a.out)))
     info = export_onnx(a.checkpoint, a.out, opset=a.opset, svd=a.svd, fp16=a.fp16, batch_size=a.batch_size,
-                       input_dtype=a.input_dtype, overrides=a.set)
-    print(f"wrote {a.out}: {info['bytes'] / 2**20:.1f} MiB, opset {info['opset']}, {info['classes']} classes")
+                       input_dtype=a.input_dtype,
+                       overrides=([f"runtime.score_thresh={a.score_thr}"] if a.score_thr is not None else []) + a.set)
+    print(f"wrote {a.out}: {info['bytes'] / 2**20:.1f} MiB, opset {info['opset']}, {info['classes']} classes, "
+          f"score cut-off {info['score_thresh']:g}")
     return 0

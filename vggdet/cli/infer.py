@@ -1,8 +1,8 @@
 """Detect objects in images, folders, globs, videos or a camera; save annotated copies and JSONL detections.
 
 python tools/infer.py [CONFIG] CHECKPOINT INPUT [INPUT ...] [--out DIR] [--score-thr 0.5]
-       [--device auto|cuda|cpu] [--amp] [--batch N] [--every N] [--no-draw] [--classes a,b] [--camera 0]
-       [--set k=v ...]
+       [--device auto|cuda|cpu] [--amp] [--batch N] [--every N] [--start-frame K] [--max-frames N]
+       [--no-draw] [--classes a,b] [--camera 0] [--set k=v ...]
 
 CONFIG (a .py file) is needed only for a bare state_dict checkpoint; checkpoints from tools/train_det.py
 embed theirs. Images -> DIR/<relative path> (annotated) and DIR/detections.jsonl; a video -> DIR/<name>.mp4
@@ -16,17 +16,26 @@ import os
 import sys
 from typing import Optional
 
-from vggdet.cli import add_runtime_arguments, add_set_argument, command, runtime_overrides, split_set_items
+from vggdet.cli import (
+    add_runtime_arguments,
+    add_set_argument,
+    command,
+    prog,
+    runtime_overrides,
+    split_set_items,
+)
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="infer.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("infer.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", metavar="[CONFIG] CHECKPOINT INPUT")
     p.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
     p.add_argument("--score-thr", type=float, default=0.5, help="keep detections with score >= this")
     p.add_argument("--batch", type=int, default=1, help="images or frames per forward pass")
     p.add_argument("--every", type=int, default=1, help="video: run the model on every Nth frame")
+    p.add_argument("--start-frame", type=int, default=0, metavar="K", help="video: begin at frame K (0-based)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: process at most N frames")
     p.add_argument("--no-draw", action="store_true", help="images: skip the annotated copies")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
                    help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
@@ -44,6 +53,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         p.error("expected [CONFIG] CHECKPOINT INPUT [INPUT ...] (or --camera INDEX)")
     if a.batch < 1 or a.every < 1:
         p.error("--batch and --every must be >= 1")
+    if a.start_frame < 0 or (a.max_frames is not None and a.max_frames < 1):
+        p.error("--start-frame must be >= 0 and --max-frames >= 1")
     if not 0.0 <= a.score_thr <= 1.0:
         p.error(f"--score-thr must be in [0, 1] (scores are probabilities), got {a.score_thr}")
     return a
@@ -54,18 +65,24 @@ def main(argv: Optional[list] = None) -> int:
     a = parse_args(argv)
     from vggdet import distributed as ddp
     from vggdet.fileio import ensure_writable
-    from vggdet.media import collect_inputs, format_summary
+    from vggdet.inference.images import collect_inputs, run_inputs
 
-    images, videos, missing = collect_inputs(a.inputs)
+    images, videos, missing = collect_inputs(a.inputs, skip=a.out)  # never our own outputs of an earlier run
     main_rank = int(os.environ.get("RANK", "0")) == 0
     for pattern in missing if main_rank else []:
         print(f"error: no image or video matches {pattern!r}", file=sys.stderr)
     if not images and not videos and a.camera is None:
         return 2
     ensure_writable(a.out)  # before the model loads: a bad --out fails in a second, not after minutes
-    det = _detector(a)
+    predictor = _predictor(a)
     try:
-        stats = _run(a, det, images, videos)
+        keep = predictor.class_filter(a.classes)
+    except ValueError as e:
+        raise ValueError(f"--classes: {e}") from None
+    try:
+        stats = run_inputs(predictor, images, videos, a.out, score_thr=a.score_thr, keep=keep, batch=a.batch,
+                           every=a.every, start_frame=a.start_frame, max_frames=a.max_frames, draw=not a.no_draw,
+                           coco=a.format == "coco", camera=a.camera)
     except KeyboardInterrupt:
         print("\ninterrupted; unfinished outputs removed", file=sys.stderr)
         return 130
@@ -73,7 +90,7 @@ def main(argv: Optional[list] = None) -> int:
         ddp.cleanup()
     if stats is None:  # not the main process of several
         return 0
-    print(format_summary(stats, det.classes, os.path.abspath(a.out)))
+    print(stats.summary(predictor.classes, os.path.abspath(a.out)))
     if stats.interrupted:
         print(stats.interrupted, file=sys.stderr)
         return 130
@@ -83,66 +100,14 @@ def main(argv: Optional[list] = None) -> int:
     return 1 if failed else 0
 
 
-def _detector(a: argparse.Namespace):
-    from vggdet import distributed as ddp
-    from vggdet.predictor import Detector
-    from vggdet.runtime import resolve_device
+def _predictor(a: argparse.Namespace):
+    from vggdet.inference import load_predictor
 
     # the model's own cut-off, so it skips less work; the user's --set items still win
     overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
         + runtime_overrides(a)
-    device = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each process on its own GPU (or the CPU)
-        device = ddp.local_device(resolve_device(a.device))
-        ddp.setup_distributed(device)
-    det = Detector.from_checkpoint(a.checkpoint, device=device, config=a.config, overrides=overrides)
-    if det.config.model.proposals != "rpn":
-        raise ValueError(f"{a.checkpoint}: model.proposals={det.config.model.proposals!r}; "
+    predictor = load_predictor(a.checkpoint, config=a.config, overrides=overrides)
+    if predictor.config.model.proposals != "rpn":
+        raise ValueError(f"{a.checkpoint}: model.proposals={predictor.config.model.proposals!r}; "
                          "inference needs a model with an RPN")
-    det.keep = _class_filter(a.classes, det.classes)
-    return det
-
-
-def _run(a: argparse.Namespace, det, images: list, videos: list):
-    """Images in shards and whole videos spread over the processes (one process: all of them); rank 0
-    gathers the counts and writes detections.jsonl in input order. Returns the stats on rank 0, else None."""
-    from vggdet import distributed as ddp
-    from vggdet.media import InferenceStats, output_names, run_images, write_image_results
-    from vggdet.video import run_camera, run_video
-
-    rank, world = ddp.rank(), ddp.world_size()
-    common = dict(score_thr=a.score_thr, keep=det.keep, batch=a.batch)
-    stats = InferenceStats()
-    if images:
-        run_images(det, images[rank::world], a.out, draw=not a.no_draw, coco=a.format == "coco",
-                   names=output_names(images), stats=stats, write=False, **common)
-    names = output_names(videos, strip_ext=True, reserved=("detections",))
-    for video in videos[rank::world]:
-        run_video(det, video, a.out, every=a.every, name=names[video], stats=stats, **common)
-        if stats.interrupted:
-            break
-    if a.camera is not None and rank == 0 and not stats.interrupted:
-        run_camera(det, a.camera, a.out, every=a.every, stats=stats, **common)
-    parts = ddp.gather_to_main(stats)
-    if not ddp.is_main():
-        return None
-    total = InferenceStats()
-    for part in parts:
-        total.merge(part)
-    if images:  # the shards' records back in input order, with their COCO rows
-        order = {path: i for i, path in enumerate(images)}
-        idx = sorted(range(len(total.records)), key=lambda k: order[total.records[k]["file"]])
-        records = [total.records[k] for k in idx]
-        coco = [total.coco[k] for k in idx] if a.format == "coco" else None
-        total.outputs += write_image_results(a.out, records, coco)
-    return total
-
-
-def _class_filter(text: Optional[str], classes: list) -> Optional[set]:
-    if not text:
-        return None
-    wanted = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in classes]
-    if unknown:
-        raise ValueError(f"--classes: unknown class name(s) {', '.join(unknown)} (known: {', '.join(classes)})")
-    return set(wanted)
+    return predictor

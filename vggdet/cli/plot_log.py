@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from vggdet.cli import command
+from vggdet.cli import command, prog
 from vggdet.fileio import ensure_writable
 
 
@@ -49,7 +49,7 @@ def plot(train: list, evals: list, out: str) -> None:
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="plot_log.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("plot_log.py"), description=__doc__.splitlines()[0])
     p.add_argument("work_dir")
     p.add_argument("--out", help="PNG path (default WORK_DIR/log.png)")
     args = p.parse_args(argv)

@@ -13,11 +13,11 @@ import argparse
 import os
 from typing import Optional
 
-from vggdet.cli import add_set_argument, command, split_set_items
+from vggdet.cli import add_set_argument, command, prog, split_set_items
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="quantize.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("quantize.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output path (.onnx is added when missing)")
@@ -34,8 +34,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 def main(argv: Optional[list] = None) -> int:
     a = parse_args(argv)
     out = a.out if a.out.lower().endswith(".onnx") else a.out + ".onnx"
+    from vggdet.deploy.quantize import quantize_checkpoint
     from vggdet.fileio import ensure_writable
-    from vggdet.quantize import quantize_checkpoint
 
     ensure_writable(os.path.dirname(os.path.abspath(out)))
     reduce_range = {"auto": None, "on": True, "off": False}[a.reduce_range]

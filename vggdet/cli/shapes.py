@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import argparse
 
-from vggdet.cli import command
-from vggdet.data.shapes import make_shapes
+from vggdet.cli import command, prog
 
 
 @command
 def main(argv: list | None = None) -> int:
-    p = argparse.ArgumentParser(prog="make_shapes.py", description=__doc__)
+    p = argparse.ArgumentParser(prog=prog("make_shapes.py"), description=__doc__)
     p.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
     p.add_argument("--format", choices=["voc", "coco"], default="voc")
     p.add_argument("--num", type=int, default=500, help="total images; 80%% trainval, 20%% test")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    from vggdet.data.shapes import make_shapes  # after parsing: --help does not wait for OpenCV
+
     num_test = max(1, a.num // 5)
     out = make_shapes(a.out, a.format, a.num - num_test, num_test, a.size, a.seed)
     print(f"wrote {a.num - num_test} trainval + {num_test} test images ({a.format}) to {out}")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from vggdet.cli import command
+from vggdet.cli import command, prog
 
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="compress_svd.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("compress_svd.py"), description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("--rank-fc6", type=int, default=1024, help="rank of fc6 (paper: 1024); 0 = keep fc6")
     p.add_argument("--rank-fc7", type=int, default=256, help="rank of fc7 (paper: 256); 0 = keep fc7")
@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if os.path.abspath(a.out) == os.path.abspath(a.checkpoint):
         p.error("--out must differ from the input checkpoint")
+    from vggdet.deploy.svd import compress_checkpoint
     from vggdet.fileio import ensure_writable
-    from vggdet.svd import compress_checkpoint
 
     ensure_writable(os.path.dirname(os.path.abspath(a.out)))
 

@@ -12,11 +12,19 @@ import os
 import warnings
 from typing import Optional
 
-from vggdet.cli import add_runtime_arguments, add_set_argument, command, runtime_overrides, split_set_items
+from vggdet.cli import (
+    add_runtime_arguments,
+    add_set_argument,
+    command,
+    print_evaluation,
+    prog,
+    runtime_overrides,
+    split_set_items,
+)
 
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train_det.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("train_det.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file, e.g. configs/voc_vgg16.py")
     p.add_argument("--work-dir", help="output folder (default work_dirs/<config name>)")
@@ -39,7 +47,7 @@ def main(argv: Optional[list] = None) -> int:
     ensure_writable(work_dir, "--work-dir")
     if args.eval_only:
         return _eval_only(args, overrides, work_dir)
-    from vggdet.trainer import train
+    from vggdet.training.trainer import train
 
     metrics = train(cfg, work_dir, resume=args.resume)
     if metrics is not None:
@@ -51,6 +59,4 @@ def _eval_only(args: argparse.Namespace, overrides: list, work_dir: str) -> int:
     """The old `--eval-only CKPT`: the same as tools/test_det.py CONFIG CKPT --out WORK_DIR/eval."""
     warnings.warn("--eval-only is deprecated and will be removed; use "
                   f"tools/test_det.py {args.config} {args.eval_only}", FutureWarning, stacklevel=2)
-    from vggdet.cli.test import report
-
-    return report(args.eval_only, args.config, overrides, os.path.join(work_dir, "eval"))
+    return print_evaluation(args.eval_only, args.config, overrides, os.path.join(work_dir, "eval"))

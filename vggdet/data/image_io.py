@@ -7,7 +7,7 @@ from PIL import Image
 
 from .errors import DataError
 
-__all__ = ["read_image", "read_image_size"]
+__all__ = ["read_image", "read_image_size", "decode_image", "image_size"]
 
 # IGNORE_ORIENTATION: boxes are annotated on the pixels as stored; UNCHANGED: keep 16-bit / alpha so we
 # convert them ourselves instead of letting cv2 guess.
@@ -20,10 +20,33 @@ def read_image(path: str) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         raise DataError(f"{path}: image file not found or unreadable") from None
-    img = cv2.imdecode(data, _FLAGS) if data.size else None
+    return decode_image(data, path)
+
+
+def decode_image(data, name: str = "image") -> np.ndarray:
+    """An encoded image (bytes or a uint8 array: an upload, an object store blob) -> uint8 [H, W, 3] RGB,
+    decoded exactly as `read_image` decodes a file; DataError naming `name` if it cannot be decoded."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    img = cv2.imdecode(buf, _FLAGS) if buf.size else None
     if img is None:
-        raise DataError(f"{path}: cannot decode image (corrupt or unsupported format)")
+        raise DataError(f"{name}: cannot decode image (corrupt or unsupported format)")
     return to_rgb8(img)
+
+
+def image_size(data, name: str = "image") -> tuple:
+    """(h, w) of an encoded image from its header only, without decoding the pixels (a 30000x30000 PNG is
+    not decompressed to find out); DataError naming `name` when there is no readable header."""
+    import io
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # PIL's bomb check: the caller judges the size
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            w, h = im.size
+    except Exception as e:
+        raise DataError(f"{name}: cannot read image header ({type(e).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return h, w
 
 
 def to_rgb8(img: np.ndarray) -> np.ndarray:

@@ -13,10 +13,12 @@ from .analysis import analyze
 from .coco import COCO_STATS, coco_from_annotations, evaluate_coco
 from .errors import EvalError
 from .evaluate import evaluate, evaluate_voc, format_table, ground_truth_arrays
-from .report import analyze_dataset, analyze_results_dir
+from .report import analyze_dataset, analyze_results_dir, tide_summary
 from .results import (
     coco_results,
     find_voc_result_classes,
+    load_coco_with_results,
+    load_voc_with_results,
     read_coco_results,
     read_voc_results,
     write_coco_results,
@@ -28,5 +30,6 @@ __all__ = [
     "EvalError", "evaluate", "evaluate_voc", "evaluate_coco", "format_table", "voc_ap",
     "write_voc_results", "read_voc_results", "write_coco_results", "read_coco_results", "coco_results",
     "find_voc_result_classes", "coco_from_annotations", "ground_truth_arrays", "COCO_STATS",
-    "analyze", "analyze_dataset", "analyze_results_dir",
+    "analyze", "analyze_dataset", "analyze_results_dir", "tide_summary", "load_voc_with_results",
+    "load_coco_with_results",
 ]

@@ -286,3 +286,19 @@ def _page(a: Mapping, figures: Mapping, crops: Sequence[str], title: str) -> str
                       for n, c in a["per_class"].items()]), "</section>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def tide_summary(a: Mapping) -> str:
+    """An analysis as text: TIDE's table (AP50 and the dAPs, in AP points), the error counts and the top
+    confusions (tools/analyze_det.py and tools/test_det.py --report print it)."""
+    names = ("AP50",) + ERROR_TYPES + SPECIAL_TYPES
+    lines = ["  ".join(f"{n:>8}" for n in ("",) + names),
+             "  ".join([f"{'dAP':>8}"] + [f"{a['tide'][n]:8.2f}" for n in names]),
+             "  ".join([f"{'count':>8}", f"{'':>8}"] + [f"{a['tide_counts'][n]:8d}" for n in ERROR_TYPES])]
+    pairs = [f"{p['gt']} -> {p['predicted']} ({p['count']})" for p in a["confused_pairs"][:3]]
+    lines.append(f"most confused at score >= {a['confusion']['score_thresh']:g}: {', '.join(pairs) or 'none'}")
+    pairs = [f"{p['gt']} -> {p['predicted']} ({p['count']})" for p in a["cls_error_pairs"][:3]]
+    lines.append(f"most Cls errors (any score, box class -> predicted): {', '.join(pairs) or 'none'}")
+    if a["empty"]:
+        lines.append("the results contain no detections: every box is missed")
+    return "\n".join(lines)

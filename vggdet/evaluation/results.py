@@ -272,3 +272,31 @@ def _check_coco_entry(r, where: str, image_ids: Optional[set], cat_ids: Optional
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ------------------------------------------------------------------------- a results file with its dataset
+def load_voc_with_results(voc_root: str, split: str, results_dir: str, classes=None) -> tuple:
+    """(VOCDetection, {image_id: detections}) for a devkit results folder: what tools/eval_det.py and
+    tools/analyze_det.py read. `classes`: None (from the results file names), "auto" (from the XML files)
+    or a list of names."""
+    from vggdet.data.voc import VOCDetection
+
+    if classes is None:
+        classes = guess_voc_classes(results_dir, split)
+    ds = VOCDetection(voc_root, split, classes=classes)
+    return ds, read_voc_results(results_dir, split, ds.classes, ds.image_ids)
+
+
+def load_coco_with_results(coco_ann: str, results: str, images: Optional[str] = None) -> tuple:
+    """(COCODetection, {image_id: detections}) for a COCO results JSON. `images`: the image folder (only
+    the analysis gallery reads it; default <annotation folder>/../<split name>)."""
+    from vggdet.data.coco import COCODetection
+
+    if images is None:  # annotations/instances_val2017.json -> val2017/
+        stem = os.path.splitext(os.path.basename(coco_ann))[0].replace("instances_", "")
+        images = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(coco_ann))), stem)
+    from .report import coco_detections
+
+    ds = COCODetection(images, coco_ann, train=False)
+    rows = read_coco_results(results, set(ds.image_ids), set(ds.cat_id_to_label))
+    return ds, coco_detections(rows, ds.cat_id_to_label)

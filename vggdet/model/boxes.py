@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["BoxCoder", "base_anchors", "grid_anchors", "match", "sample_balanced", "smooth_l1"]
+__all__ = ["BoxCoder", "base_anchors", "grid_anchors", "clip_boxes", "rank_in_group", "match", "sample_balanced",
+           "smooth_l1", "dim"]
 
 # exp() of a predicted log-size delta is clamped to this, so a wild prediction cannot overflow
 # (the same bound torchvision uses: log(1000 / 16)).
@@ -78,6 +79,25 @@ def grid_anchors(base: Tensor, feat_h: int, feat_w: int, stride: int) -> Tensor:
     yy, xx = torch.meshgrid(sy, sx, indexing="ij")
     shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)
     return (shifts + base.view(1, -1, 4)).reshape(-1, 4)
+
+
+def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """boxes [..., 4] xyxy, sizes [..., 2] (h, w) broadcastable to them -> boxes inside [0, w] x [0, h]."""
+    wh = sizes.flip(-1).to(boxes.dtype)
+    return torch.minimum(boxes.clamp(min=0), torch.cat([wh, wh], dim=-1))
+
+
+def rank_in_group(group: Tensor, num_groups) -> Tensor:
+    """For a sequence of group ids in 0..num_groups-1, each element's position among the earlier elements of
+    its group (so `rank < k` keeps the first k of every group: a per-image top-k on score-sorted rows)."""
+    onehot = (group[:, None] == torch.arange(num_groups, device=group.device)[None]).to(torch.int64)
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
+
+
+def dim(x: Tensor, i: int):
+    """`x.shape[i]`, as a graph value while tracing for ONNX export (a Python int would be frozen into the
+    graph as the example's size) and as a plain int otherwise."""
+    return torch._shape_as_tensor(x)[i] if torch.jit.is_tracing() else x.shape[i]
 
 
 def match(boxes: Tensor, gt: Tensor, fg_iou: float, bg_hi: float, bg_lo: float = 0.0,

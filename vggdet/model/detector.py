@@ -7,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from vggdet.config import Config
-from vggdet.model import winograd
 from vggdet.model.backbone import VGGBackbone, load_backbone_weights, load_vgg_state_dict
 from vggdet.model.roi_head import RoIHead
 from vggdet.model.rpn import RPN
@@ -23,13 +22,8 @@ class FasterRCNN(nn.Module):
     Returns the loss dict in training, else per image {"boxes" [D,4], "labels" [D], "scores" [D]} in
     input-image pixels.
 
-    `winograd` (None = auto, True = on, False = off) is applied by `train()` / `eval()`: `eval()` converts
-    the 3x3 convs to `winograd.WinogradConv2d` (vggdet/model/winograd.py) when it is True, or None
-    with the parameters on the CPU; `train()` and False restore the plain convs. `winograd_tune` (True)
-    lets each converted conv measure once per machine and input size whether Winograd or oneDNN is
-    faster; False = the fixed width rule. To change either later, set it and call `eval()` again
-    (`model.winograd = False; model.eval()`). A converted model moved to a GPU stays correct (the
-    converted convs fall back to the regular conv there), as do grad and autocast.
+    `model.eval()` / `model.train()` are plain PyTorch: running a trained model fast on the CPU (Winograd
+    convs, precision, TTA) is the predictor's business (vggdet/inference/torch_backend.py).
     """
 
     def __init__(self, transform: InputTransform, backbone: VGGBackbone, rpn: Optional[RPN], roi_head: RoIHead):
@@ -37,11 +31,6 @@ class FasterRCNN(nn.Module):
         self.transform, self.backbone, self.rpn, self.roi_head = transform, backbone, rpn, roi_head
         # Memory format of the conv input: True / False force it; None = auto (see `_channels_last`).
         self.channels_last: Optional[bool] = None
-        # Winograd F(4x4,3x3) for the wide 3x3 convs: True / False force it; None = auto (CPU inference).
-        # Takes effect at the next `eval()` / `train()` (see `train`).
-        self.winograd: Optional[bool] = None
-        # Per conv and input size, Winograd or oneDNN by a one-time timing (True) or the fixed rule (False).
-        self.winograd_tune: bool = True
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict]] = None,
                 proposals: Optional[list[Tensor]] = None):
@@ -66,26 +55,12 @@ class FasterRCNN(nn.Module):
         """Auto: NHWC for CPU inference (oneDNN's native layout: the VGG convs run ~1.3x faster) and on
         CUDA under autocast (tensor cores want NHWC); NCHW otherwise. CPU training stays NCHW unless
         asked for (`runtime.channels_last=True`): the rounding differences change a training trajectory.
-        Detections are equal up to float rounding either way (tests/test_perf.py)."""
+        Detections are equal up to float rounding either way (tests/test_winograd.py)."""
         if self.channels_last is not None:
             return self.channels_last
         if batch.device.type == "cpu":
             return not self.training
         return batch.device.type == "cuda" and torch.is_autocast_enabled("cuda")
-
-    def train(self, mode: bool = True) -> FasterRCNN:
-        """Also applies `winograd` (and `winograd_tune`): on for CPU inference, where conv2_1..conv5_3 and
-        the RPN conv run 1.1-2.3x faster than on oneDNN; GPUs get Winograd from cuDNN already. Training
-        reverts it."""
-        super().train(mode)
-        if not mode and (self.winograd is True or (self.winograd is None and self._on_cpu())):
-            winograd.convert(self, tune=self.winograd_tune)
-        else:
-            winograd.revert(self)
-        return self
-
-    def _on_cpu(self) -> bool:
-        return next(self.parameters()).device.type == "cpu"
 
     @staticmethod
     def _scale_target(t: dict, scale: tuple) -> dict:
@@ -158,6 +133,4 @@ def build_detector(cfg: Config, load_weights: bool = True) -> FasterRCNN:
         load_backbone_weights(backbone, fc6, fc7, sd, source=m.backbone.weights)
     model = FasterRCNN(transform, backbone, rpn, roi_head)
     model.channels_last = cfg.runtime.channels_last  # None = auto, True / False = forced
-    model.winograd = cfg.runtime.winograd
-    model.winograd_tune = cfg.runtime.winograd_tune
     return model

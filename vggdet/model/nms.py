@@ -9,12 +9,16 @@ suppress each other.
   linear s *= 1 - IoU where IoU >= `iou_thresh`; Gaussian s *= exp(-IoU^2 / sigma) for every box (the
   paper's sigma = 0.5). Boxes whose score falls below `min_score` (0.001, as in the paper's released
   code) are dropped. torchvision has no Soft-NMS, hence this code.
+While tracing for ONNX export, hard NMS is one `nms` call on boxes shifted apart by group (the offset trick
+of batched_nms, with the image extent as the shift: boxes.max() fails on an empty input in the graph).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms, box_iou, nms
 
 __all__ = ["grouped_nms", "soft_nms", "NMS_METHODS"]
 
@@ -22,8 +26,15 @@ NMS_METHODS = ("nms", "soft_linear", "soft_gaussian")
 
 
 def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, *, method: str = "nms", iou_thresh: float = 0.3,
-                sigma: float = 0.5, min_score: float = 0.001) -> tuple[Tensor, Tensor]:
-    """NMS per group; returns (indices into `boxes` [k], scores [k]) by descending score."""
+                sigma: float = 0.5, min_score: float = 0.001,
+                extent: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """NMS per group; returns (indices into `boxes` [k], scores [k]) by descending score. `extent`: the
+    largest image side (boxes are clipped to it), needed while tracing."""
+    if torch.jit.is_tracing():
+        if method != "nms" or extent is None:
+            raise ValueError("ONNX export traces hard NMS with the image extent only")
+        keep = nms(boxes + (groups.to(boxes) * (extent + 1).to(boxes))[:, None], scores, iou_thresh)
+        return keep, scores[keep]
     if method == "nms":
         keep = batched_nms(boxes, scores, groups, iou_thresh)
         return keep, scores[keep]

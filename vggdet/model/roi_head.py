@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from vggdet.model.boxes import BoxCoder, match, sample_balanced, smooth_l1
+from vggdet.model.boxes import BoxCoder, clip_boxes, dim, match, rank_in_group, sample_balanced, smooth_l1
 from vggdet.model.nms import grouped_nms
 
 
@@ -118,38 +118,48 @@ class RoIHead(nn.Module):
     @torch.no_grad()
     def postprocess(self, scores: Tensor, deltas: Tensor, rois: list[Tensor],
                     image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Softmax, per-class boxes, clip, score > thresh, NMS, top `detections_per_img`.
+        """`detect` on per-image RoI lists -> one {"boxes", "labels", "scores"} dict per image."""
+        counts = torch.tensor([r.shape[0] for r in rois], device=scores.device)
+        img = torch.repeat_interleave(torch.arange(len(rois), device=scores.device), counts)
+        sizes = torch.tensor(image_sizes, device=scores.device)
+        boxes, labels, probs, img = self.detect(scores, deltas, torch.cat(rois), img, sizes, len(rois))
+        return [{"boxes": boxes[img == i], "labels": labels[img == i], "scores": probs[img == i]}
+                for i in range(len(rois))]
 
+    @torch.no_grad()
+    def detect(self, scores: Tensor, deltas: Tensor, rois: Tensor, img: Tensor, sizes: Tensor,
+               n) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Softmax, per-class boxes, clip, score > thresh, NMS, top `detections_per_img` per image.
+
+        scores [R,K+1], deltas [R,4(K+1)], rois [R,4] with their image index img [R], sizes [N,2] (h, w), n = N.
+        Returns (boxes [D,4], labels [D], scores [D], image index [D]) by image, then descending score.
         NMS per (image, class), or per image with `class_agnostic_nms` (each RoI then keeps only its best
         class); `nms` picks hard NMS or Soft-NMS (vggdet/model/nms.py). Vectorised over the batch: one
-        decode and one grouped NMS for all images.
+        decode and one grouped NMS for all images. The eager model and the ONNX graph both run this.
         """
         k1 = self.num_classes + 1
-        counts = [r.shape[0] for r in rois]
-        img = torch.repeat_interleave(torch.arange(len(rois), device=scores.device),
-                                      torch.tensor(counts, device=scores.device))
         probs = F.softmax(scores.float(), dim=1)[:, 1:]  # [R,K]
-        boxes = self.coder.decode(deltas.float(), torch.cat(rois).float()).view(-1, k1, 4)[:, 1:]
-        size = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
-        boxes = torch.minimum(boxes.clamp(min=0), size[img][:, None, :])
+        boxes = self.coder.decode(deltas.float(), rois.float()).reshape(-1, k1, 4)[:, 1:]
+        boxes = clip_boxes(boxes, sizes[img][:, None, :])
         if self.class_agnostic_nms:  # one candidate per RoI: its best class and that class's box
             probs, best = probs.max(dim=1, keepdim=True)
             boxes = boxes.gather(1, best[..., None].expand(-1, -1, 4))
             labels = best + 1
         else:
-            labels = torch.arange(1, k1, device=boxes.device).expand_as(probs)
+            labels = torch.arange(1, k1, device=boxes.device)[None].expand_as(probs)
         img = img[:, None].expand_as(probs)
         keep = probs > self.score_thresh
         boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (wh > 1e-2).all(dim=1)
+        keep = (boxes[:, 2:] - boxes[:, :2] > 1e-2).all(dim=1)
         boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
         groups = img if self.class_agnostic_nms else img * k1 + labels
-        kept, scores = grouped_nms(boxes, probs, groups, method=self.nms, iou_thresh=self.nms_thresh,
-                                   sigma=self.nms_sigma, min_score=self.soft_nms_min_score)  # descending score
-        out = []
-        for i in range(len(rois)):
-            mine = img[kept] == i
-            k, s = kept[mine][: self.detections_per_img], scores[mine][: self.detections_per_img]
-            out.append({"boxes": boxes[k], "labels": labels[k], "scores": s})
-        return out
+        kept, probs = grouped_nms(boxes, probs, groups, method=self.nms, iou_thresh=self.nms_thresh,
+                                  sigma=self.nms_sigma, min_score=self.soft_nms_min_score,
+                                  extent=sizes.max())  # descending score
+        top = rank_in_group(img[kept], n) < self.detections_per_img
+        kept, probs = kept[top], probs[top]
+        # by image, keeping the score order: sort on (image, position in the score order)
+        pos = torch.arange(dim(kept, 0), device=kept.device)
+        order = torch.argsort(img[kept] * (dim(kept, 0) + 1) + pos)
+        kept, probs = kept[order], probs[order]
+        return boxes[kept], labels[kept], probs, img[kept]

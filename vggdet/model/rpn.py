@@ -13,9 +13,19 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
-from vggdet.model.boxes import BoxCoder, base_anchors, grid_anchors, match, sample_balanced, smooth_l1
+from vggdet.model.boxes import (
+    BoxCoder,
+    base_anchors,
+    clip_boxes,
+    dim,
+    grid_anchors,
+    match,
+    rank_in_group,
+    sample_balanced,
+    smooth_l1,
+)
+from vggdet.model.nms import grouped_nms
 
 
 class RPN(nn.Module):
@@ -51,17 +61,27 @@ class RPN(nn.Module):
             self._anchor_cache[key] = grid_anchors(self.base, feat_h, feat_w, self.stride)
         return self._anchor_cache[key]
 
+    def anchors_for(self, features: Tensor) -> Tensor:
+        """The anchors of a feature map [N,C,h,w]; while tracing, built from its size as graph values."""
+        if torch.jit.is_tracing():
+            return grid_anchors(self.base, dim(features, 2), dim(features, 3), self.stride)
+        return self.anchors(features.shape[2], features.shape[3])
+
+    def head(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """features [N,C,h,w] -> (objectness logits [N,T], box deltas [N,T,4]), T = h * w * A in (h, w, a) order."""
+        x = F.relu(self.conv(features))
+        logits = self.cls_logits(x).permute(0, 2, 3, 1).flatten(1)
+        deltas = self.bbox_pred(x).permute(0, 2, 3, 1).reshape(features.shape[0], -1, 4)  # channels are (a, xywh)
+        return logits, deltas
+
     def forward(self, features: Tensor, image_sizes: list[tuple[int, int]], scales: list[float],
                 gt_boxes: Optional[list[Tensor]] = None) -> tuple[list[Tensor], dict]:
         """features [N,C,h,w]; image_sizes (h, w) after resize; scales: resize factors (for min_size).
 
         Returns (proposals: N tensors [P,4] in network-input pixels, losses dict (training only)).
         """
-        n, _, fh, fw = features.shape
-        x = F.relu(self.conv(features))
-        logits = self.cls_logits(x).permute(0, 2, 3, 1).reshape(n, -1)  # [N,T], order (h, w, a)
-        deltas = self.bbox_pred(x).view(n, -1, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
-        anchors = self.anchors(fh, fw)
+        logits, deltas = self.head(features)
+        anchors = self.anchors_for(features)
         # Decode in float32 even under autocast: half/bf16 anchor coordinates are pixels off.
         proposals = self.proposals(logits.detach().float(), deltas.detach().float(), anchors, image_sizes, scales)
         losses = {}
@@ -110,23 +130,31 @@ class RPN(nn.Module):
     @torch.no_grad()
     def proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                   image_sizes: list[tuple[int, int]], scales: list[float]) -> list[Tensor]:
-        """Top `pre_nms_top_n` anchors by objectness -> decode, clip, drop small, NMS -> `post_nms_top_n`.
-
-        Vectorised over the batch: one topk, one decode and one batched_nms for all images.
-        """
-        n, t = logits.shape
+        """`select_proposals` with this RPN's settings for the mode (train / test): one [P,4] tensor per image."""
         mode = 0 if self.training else 1
-        k = min(self.pre_nms_top_n[mode], t)
-        scores, idx = logits.topk(k, dim=1)  # [N,k]
-        boxes = self.coder.decode(deltas.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4),
-                                  anchors[idx.reshape(-1)]).view(n, k, 4)
-        size = torch.tensor([[w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
-        boxes = torch.minimum(boxes.clamp(min=0), size.repeat(1, 2)[:, None, :])
-        min_size = torch.tensor(scales, dtype=boxes.dtype, device=boxes.device)[:, None] * self.min_size
-        ws, hs = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        keep = (ws >= min_size) & (hs >= min_size)
-        img = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
-        boxes, scores, img = boxes[keep], scores[keep], img[keep]
-        kept = batched_nms(boxes, scores.float(), img, self.nms_thresh)  # sorted by descending score
-        post = self.post_nms_top_n[mode]
-        return [boxes[kept[img[kept] == i][:post]] for i in range(n)]
+        sizes = torch.tensor(image_sizes, device=logits.device)
+        min_sizes = torch.tensor(scales, dtype=torch.float32, device=logits.device) * self.min_size
+        boxes, img = select_proposals(logits, deltas, anchors, sizes, min_sizes, self.coder, self.pre_nms_top_n[mode],
+                                      self.post_nms_top_n[mode], self.nms_thresh)
+        return [boxes[img == i] for i in range(len(image_sizes))]
+
+
+def select_proposals(logits: Tensor, deltas: Tensor, anchors: Tensor, sizes: Tensor, min_sizes: Tensor,
+                     coder: BoxCoder, pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float) -> tuple[Tensor, Tensor]:
+    """Top `pre_nms_top_n` anchors by objectness -> decode, clip, drop small, NMS -> `post_nms_top_n`, per image.
+
+    logits [N,T], deltas [N,T,4], anchors [T,4], sizes [N,2] (h, w) after resize, min_sizes [N] (pixels).
+    Returns (boxes [R,4], their image index [R]), by image and then descending score. Vectorised over the
+    batch: one topk, one decode, one NMS. The eager RPN and the ONNX graph both run this function.
+    """
+    n = dim(logits, 0)
+    k = torch.clamp(dim(logits, 1), max=pre_nms_top_n) if torch.jit.is_tracing() else min(pre_nms_top_n, logits.shape[1])
+    scores, idx = logits.topk(k, dim=1)  # [N,k]
+    boxes = coder.decode(deltas.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4), anchors[idx.reshape(-1)])
+    img = torch.arange(n, device=boxes.device)[:, None].expand(-1, k).reshape(-1)
+    boxes = clip_boxes(boxes, sizes[img])
+    keep = (boxes[:, 2:] - boxes[:, :2] >= min_sizes[img][:, None]).all(1)
+    boxes, scores, img = boxes[keep], scores.reshape(-1)[keep], img[keep]
+    kept, _ = grouped_nms(boxes, scores.float(), img, iou_thresh=nms_thresh, extent=sizes.max())  # by score
+    kept = kept[rank_in_group(img[kept], n) < post_nms_top_n]
+    return boxes[kept], img[kept]

@@ -17,6 +17,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # py-faster-rcnn's PIXEL_MEANS, BGR 0..255
 
 
+def resized_size(hw: Tensor, min_size: int, max_size: int) -> Tensor:
+    """(h, w) [..., 2] float64 -> the network size (h, w) int64: the shorter side to `min_size` unless the
+    longer side would exceed `max_size`. Float64 and round-half-even, like Python's floats and round(); the
+    eager model and the ONNX graph (vggdet/deploy/export.py) both size images by this function."""
+    short, long = torch.minimum(hw[..., 0], hw[..., 1]), torch.maximum(hw[..., 0], hw[..., 1])
+    s = torch.minimum(min_size / short, max_size / long)
+    return torch.round(hw * s[..., None]).to(torch.int64)
+
+
 class InputTransform(nn.Module):
     def __init__(self, *, min_size: Union[int, Sequence[int]], max_size: int, size_divisible: int = 16,
                  test_min_size: Optional[int] = None, caffe_input: bool = False):
@@ -33,10 +42,11 @@ class InputTransform(nn.Module):
         self.register_buffer("mean", mean.view(3, 1, 1), persistent=False)
         self.register_buffer("std", std.view(3, 1, 1), persistent=False)
 
-    def scale_for(self, h: int, w: int, min_size: int) -> float:
-        """The resize factor: shorter side -> min_size unless the longer side would exceed max_size."""
-        short, long = min(h, w), max(h, w)
-        return min(min_size / short, self.max_size / long)
+    def normalize(self, x: Tensor) -> Tensor:
+        """[..., 3, H, W] RGB (uint8 0..255 or float 0..1) -> the network's input values (float32)."""
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        return x.flip(-3) if self.caffe_input else x  # RGB -> BGR after subtracting the (reversed) BGR means
 
     def forward(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[float, float]]]:
         """images: list of [3,H,W] RGB (float 0..1 or uint8 0..255) -> (batch, sizes, (sx, sy) scales).
@@ -48,13 +58,9 @@ class InputTransform(nn.Module):
         for img in images:
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"expected images of shape [3,H,W], got {tuple(img.shape)}")
-            x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            x = (x - self.mean) / self.std
-            if self.caffe_input:
-                x = x.flip(0)  # RGB -> BGR after subtracting the (reversed) BGR means
+            x = self.normalize(img)
             h, w = x.shape[-2:]
-            s = self.scale_for(h, w, min_size)
-            nh, nw = int(round(h * s)), int(round(w * s))
+            nh, nw = resized_size(torch.tensor([h, w], dtype=torch.float64), min_size, self.max_size).tolist()
             x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             resized.append(x)
             sizes.append((nh, nw))

@@ -1,72 +1,49 @@
-"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) for CPU inference, used per conv where measured faster.
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) for CPU inference, used per conv where faster.
 
 Why by hand: oneDNN (PyTorch's CPU convolution) has dropped its Winograd kernels for fp32 and runs
 the VGG convs directly; NNPACK's Winograd is not reachable on every CPU (it fails to initialise on
 these AMD machines). F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
 2016) computes each 4x4 output tile from a 6x6 input tile with 36 multiplies per channel pair instead
 of 144, as 36 independent GEMMs that MKL runs near peak. On conv3_1..conv5_3 and the RPN conv this is
-1.3-2.4x faster than oneDNN on 2 cores (AMD EPYC), conv2_x 1.0-1.3x, conv1_2 0.85-1.05x
+1.3-2.4x faster than oneDNN on 2 cores (AMD EPYC, AVX2), conv2_x 1.0-1.3x, conv1_2 0.85-1.05x
 (benchmarks/bench_infer.py --layers, docs/benchmarks.md). conv1_1 (3 input channels) is never converted.
 
-Which convs: measured, not fixed (like cuDNN's benchmark mode). The gain depends on the CPU: the old
-fixed width rule (`eligible`, >= 64 in and >= 128 out channels) was tuned on this AMD EPYC (AVX2),
-while on an Intel Xeon (AVX-512) conv1_2 (64 -> 64) was reported 1.17x faster by Winograd. So the first time a
-converted conv sees an input of a new kind, `decide` runs both paths on it (TUNE_WARMUP + TUNE_RUNS
-calls each, median) and keeps the faster, in memory and in a JSON file, `cache_path()`:
-$VGGDET_CACHE_DIR/winograd.json, else $XDG_CACHE_HOME/vggdet/ or ~/.cache/vggdet/. The key
-(`tune_key`) is the CPU model, torch version, thread count, in/out channels, batch, memory format and
-H*W in half-octave buckets, so VOC's 600x800 .. 600x1000 images share decisions. Delete the file to
-measure again (e.g. after tuning on a busy machine: near-ties within ~5% can go either way, which then
-costs at most that). An unreadable file is ignored with one warning and rewritten; an unwritable folder
-keeps the decisions in memory (one warning). Off switch: `runtime.winograd_tune=false` (FasterRCNN's
-`winograd_tune`, `convert(model, tune=False)`): the fixed rule, no timing, no file access.
-Tuning cost, measured 2026-11-29 (AMD EPYC, 2 cores, full-size VGG16, one 600x800 image, eval mode):
-the first forward with an empty cache takes 10.8 s instead of 2.7 s (8 distinct conv keys timed),
-later forwards 1.9 s either way; a fresh process with the file in place pays nothing extra (2.7 s,
-the same as with tuning off: weight transforms and oneDNN set-up). Tuned and fixed rule picked the
-same convs there but for near-ties (conv2_1), as expected on the host the rule came from.
+Which convs run by Winograd is a choice per conv and input: `convert(model, choose=...)` gives every
+converted conv a `choose(conv, x) -> (use Winograd, output or None)` callable. The inference package
+passes its timing cache (vggdet/inference/tuning.py: both paths timed once per machine, conv shape and
+input size, like cuDNN's benchmark mode); without one, the fixed width rule `eligible` decides. This
+module does no timing and no file I/O: it is arithmetic and a module swap.
 
 Arithmetic: exact in real numbers; in float32 the error is 1.1-4.8e-6 of the layer's output range
-(float64 reference in tests/test_perf.py), the same order as changing the summation order.
+(float64 reference in tests/test_winograd.py), the same order as changing the summation order.
 
 Use: `convert(model)` swaps the candidate convs for `WinogradConv2d` modules (same parameters), which
-run `conv3x3` for float32 CPU tensors without grad or autocast where it is the faster path, and the
-regular conv otherwise; `revert(model)` undoes it. FasterRCNN does both from `eval()` / `train()` by its
-`winograd` switch.
+run `conv3x3` for float32 CPU tensors without grad or autocast where it is the chosen path, and the
+regular conv otherwise; `revert(model)` undoes it. `model.eval()` / `model.train()` never do either:
+vggdet/inference/torch_backend.py converts for CPU inference when `runtime.winograd` says so.
 
 Memory: each conv that runs by Winograd caches its transformed weights, 36/9 = 4x the conv weights:
-260 MiB for conv2_1..conv5_3 + the RPN conv (65 MiB of weights); a conv that `decide`s for oneDNN drops
-it. Measured 2026-11-28 (AMD EPYC, 2 cores), before tuning: process RSS after one eval-mode forward of
-the full-size model on a 1x3x600x800 input is 1876-1964 MiB with Winograd vs 1568-1603 MiB with
-`model.winograd = False` (3 fresh processes each), ~340 MiB more on average: the cache plus work memory
-the allocator keeps. `revert` (e.g. `model.train()`) frees the cache.
+260 MiB for conv2_1..conv5_3 + the RPN conv (65 MiB of weights); a conv chosen for oneDNN drops it.
+Measured 2026-11-28 (AMD EPYC, 2 cores), before tuning: process RSS after one eval-mode forward of
+the full-size model on a 1x3x600x800 input is 1876-1964 MiB with Winograd vs 1568-1603 MiB without
+(3 fresh processes each), ~340 MiB more on average: the cache plus work memory the allocator keeps.
+`revert` frees the cache.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import statistics
-import time
-import warnings
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-
-from vggdet.fileio import atomic_path
-from vggdet.runtime import cpu_model as cpu_name  # a module name of its own: tests swap it
 
 M, A = 4, 6  # output tile, input tile (M + 3 - 1)
 # Convs with fewer input channels are not converted at all (conv1_1, 3 channels): the 36 GEMMs have an
 # inner dimension of C, so at C = 3 they are memory-bound, and the 36 product planes (2.25x the output)
 # are written and read again whatever the CPU; measured 0.69x here, the largest map, never worth timing.
 MIN_CANDIDATE_IN = 16
-# The fixed rule (`eligible`), used when tuning is off: tuned on the AMD EPYC host (AVX2), where the
+# The fixed rule (`eligible`), used without a timing cache: tuned on the AMD EPYC host (AVX2), where the
 # narrower conv1_2 (64 -> 64) is faster on oneDNN; on an Intel Xeon (AVX-512) it was reported 1.17x faster by Winograd.
 MIN_IN, MIN_OUT = 64, 128
-TUNE_WARMUP, TUNE_RUNS = 1, 3  # calls per path when a decision is measured: warm-up, then timed (median)
-_clock = time.perf_counter  # the tuner's timer (tests replace it with a virtual one)
 CHUNK_ELEMENTS = 1 << 17  # tiles x channels per chunk: ~19 MB per 36-plane buffer, cache-friendly
 
 # Transform matrices for the interpolation points 0, +-1, +-2 (Lavin & Gray, section 4.2).
@@ -81,14 +58,14 @@ _KA = torch.kron(torch.tensor(_AT, dtype=torch.float64), torch.tensor(_AT, dtype
 
 def candidate(conv: nn.Module) -> bool:
     """Whether `conv` is a 3x3/stride-1/pad-1 (zeros) Conv2d with at least MIN_CANDIDATE_IN input channels:
-    one that Winograd computes exactly and may run faster; whether it does is measured (`decide`)."""
+    one that Winograd computes exactly and may run faster (whether it does: `eligible` or a `choose`)."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros" and conv.in_channels >= MIN_CANDIDATE_IN)
 
 
 def eligible(conv: nn.Module) -> bool:
-    """The fixed rule, used when tuning is off: a `candidate` at least MIN_IN -> MIN_OUT channels wide."""
+    """The fixed rule, used without a `choose` callable: a `candidate` at least MIN_IN -> MIN_OUT channels wide."""
     return candidate(conv) and conv.in_channels >= MIN_IN and conv.out_channels >= MIN_OUT
 
 
@@ -186,126 +163,32 @@ def onednn(x: Tensor, conv: nn.Conv2d, relu: bool = False, inplace: bool = False
     return torch.nn.functional.relu(y, inplace=inplace) if relu else y
 
 
-# ------------------------------------------------------------------------------------------ tuning
-def cache_path() -> str:
-    """The decisions file: $VGGDET_CACHE_DIR/winograd.json, else $XDG_CACHE_HOME/vggdet/winograd.json,
-    else ~/.cache/vggdet/winograd.json (read at each use, so a changed variable takes effect)."""
-    folder = os.environ.get("VGGDET_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vggdet")
-    return os.path.join(folder, "winograd.json")
-
-
-def tune_key(conv: nn.Conv2d, x: Tensor) -> str:
-    """What a decision depends on: CPU model, torch version, threads, channels, batch, memory format and
-    the area H*W in half-octave buckets: round(2 log2(H*W)) / 2, so sizes within 2^0.25 = 1.19x in area
-    share one (VOC's 600x800 .. 600x1000 inputs are all 2^19; each pooling then takes 2 off the exponent)."""
-    n, _, h, w = x.shape
-    bucket = round(math.log2(max(h * w, 1)) * 2) / 2
-    layout = "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
-    return (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-            f"{conv.in_channels}->{conv.out_channels} | batch {n} | HW 2^{bucket:g} | {layout}")
-
-
-class _Decisions:
-    """The decisions of one cache file, key -> {"winograd": bool, "onednn_s", "winograd_s"}: read at
-    the first look-up, written (merged with what other processes wrote meanwhile) after each new one."""
-
-    def __init__(self, path: str):
-        self.path, self.entries, self.warned = path, None, set()
-
-    def get(self, key: str) -> Optional[dict]:
-        if self.entries is None:
-            self.entries = self._read(warn=True)
-        return self.entries.get(key)
-
-    def put(self, key: str, entry: dict) -> None:
-        self.entries = {**self._read(warn=False), **(self.entries or {}), key: entry}
-        text = json.dumps({"version": 1, "decisions": self.entries}, indent=1, sort_keys=True)
-        try:  # no fsync: a lost file only costs timing again
-            with atomic_path(self.path) as tmp, open(tmp, "w") as f:
-                f.write(text)
-        except OSError as e:
-            self._warn("write", f"cannot write the Winograd tuning cache {self.path} ({e.strerror or e}): "
-                                "decisions are kept in memory only (set VGGDET_CACHE_DIR)")
-
-    def _read(self, warn: bool) -> dict:
-        try:
-            with open(self.path) as f:
-                entries = json.load(f)["decisions"]
-            if not all(isinstance(e, dict) and isinstance(e.get("winograd"), bool) for e in entries.values()):
-                raise ValueError("an entry without a true/false 'winograd'")
-            return entries
-        except (FileNotFoundError, NotADirectoryError):  # no file yet (or an impossible folder: `put` says so)
-            return {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            if warn:
-                self._warn("read", f"ignoring the unreadable Winograd tuning cache {self.path} "
-                                   f"({type(e).__name__}: {e}); it will be rewritten")
-            return {}
-
-    def _warn(self, kind: str, message: str) -> None:
-        if kind not in self.warned:  # once per file and kind: the first forward would repeat it per conv
-            self.warned.add(kind)
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-_DECISIONS: dict = {}  # cache path -> _Decisions: one process-wide memory, like cuDNN's benchmark cache
-
-
-def reset_tuning() -> None:
-    """Forget the decisions held in memory (the file stays): the next look-up reads the file again."""
-    _DECISIONS.clear()
-
-
-def decide(conv: nn.Conv2d, x: Tensor, relu: bool = False, inplace: bool = False) -> tuple:
-    """(use Winograd, output): whether `conv3x3` beats `onednn` for `conv` on inputs like `x` here.
-
-    The decision is looked up by `tune_key` in memory, then in the cache file; on a miss both paths
-    run on `x` (TUNE_WARMUP + TUNE_RUNS calls each, alternating, median seconds), the faster wins and
-    is stored, and its output conv(x) (+ReLU) comes back so the call is not repeated; else None.
-    """
-    path = cache_path()
-    decisions = _DECISIONS.setdefault(path, _Decisions(path))
-    key = tune_key(conv, x)
-    entry = decisions.get(key)
-    if entry is not None:
-        return entry["winograd"], None
-    paths = {"onednn": lambda: onednn(x, conv, relu, inplace), "winograd": lambda: conv3x3(x, conv, relu=relu)}
-    times: dict = {name: [] for name in paths}
-    outputs: dict = {}
-    for r in range(TUNE_WARMUP + TUNE_RUNS):
-        for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):  # alternate: drift hits both alike
-            t0 = _clock()
-            outputs[name] = paths[name]()
-            if r >= TUNE_WARMUP:
-                times[name].append(_clock() - t0)
-    t_one, t_win = statistics.median(times["onednn"]), statistics.median(times["winograd"])
-    fast = t_win < t_one
-    decisions.put(key, {"winograd": fast, "onednn_s": round(t_one, 6), "winograd_s": round(t_win, 6)})
-    if not fast:
-        conv.__dict__.pop("_winograd_cache", None)  # oneDNN runs here: don't hold 4x the weights for nothing
-    return fast, outputs["winograd" if fast else "onednn"]
-
-
 # ------------------------------------------------------------------------------------------ modules
+# (conv, input) -> (use Winograd, the conv's output when the choice computed it, else None)
+Chooser = Callable[[nn.Conv2d, Tensor], tuple]
+
+
 class WinogradConv2d(nn.Conv2d):
     """A Conv2d (and the ReLU after it when `relu`) that runs by `conv3x3` where `usable` holds and it is
-    the faster path, and as the plain conv (+ ReLU) otherwise: CUDA, grad, autocast, float64 stay correct.
-    `tune`: True = the faster path is measured per input shape (`decide`); False = the fixed rule (`eligible`).
+    the chosen path, and as the plain conv (+ ReLU) otherwise: CUDA, grad, autocast, float64 stay correct.
+    `choose(conv, x) -> (use Winograd, output or None)` picks the path per input (a timing cache returns
+    the output it measured on a first call); None = the fixed rule (`eligible`).
 
     Made by `convert` from an existing conv, whose Parameter objects it takes over: the state_dict
     keys, an optimizer's parameter references and checkpoints do not change.
     """
 
-    def __init__(self, *args, relu: bool = False, relu_inplace: bool = False, tune: bool = True, **kwargs):
+    def __init__(self, *args, relu: bool = False, relu_inplace: bool = False, choose: Optional[Chooser] = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.relu, self.relu_inplace, self.tune = relu, relu_inplace, tune
+        self.relu, self.relu_inplace, self.choose = relu, relu_inplace, choose
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, relu: Optional[nn.ReLU] = None, tune: bool = True) -> WinogradConv2d:
+    def from_conv(cls, conv: nn.Conv2d, relu: Optional[nn.ReLU] = None,
+                  choose: Optional[Chooser] = None) -> WinogradConv2d:
         """`conv` (with the fused `relu` module, if given) as a WinogradConv2d on the same parameters."""
         new = cls(**_conv_args(conv), relu=relu is not None, relu_inplace=relu is not None and relu.inplace,
-                  tune=tune)
+                  choose=choose)
         return _adopt(new, conv)
 
     def to_conv(self) -> nn.Conv2d:
@@ -315,8 +198,8 @@ class WinogradConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not usable(self, x):
             return onednn(x, self, self.relu, self.relu_inplace)
-        if self.tune:
-            fast, y = decide(self, x, self.relu, self.relu_inplace)
+        if self.choose is not None:
+            fast, y = self.choose(self, x)
             if y is not None:  # measured just now: y is the faster path's output
                 return y
         else:
@@ -329,7 +212,7 @@ class WinogradConv2d(nn.Conv2d):
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "") + ("" if self.tune else ", tune=False")
+        return super().extra_repr() + (", relu=True" if self.relu else "") + (", timed" if self.choose else "")
 
 
 def _conv_args(conv: nn.Conv2d) -> dict:
@@ -345,11 +228,11 @@ def _adopt(new: nn.Conv2d, old: nn.Conv2d) -> nn.Conv2d:
     return new.train(old.training)
 
 
-def convert(model: nn.Module, tune: bool = True) -> int:
+def convert(model: nn.Module, choose: Optional[Chooser] = None) -> int:
     """Swap every `candidate` plain Conv2d of `model` for a WinogradConv2d, in place; returns how many.
 
-    `tune` (set on every WinogradConv2d of `model`, converted now or before): True = each conv measures
-    which path is faster per input shape (`decide`); False = the fixed rule (`eligible`), no timing, no file.
+    `choose` (set on every WinogradConv2d of `model`, converted now or before): the per-input path choice
+    (see WinogradConv2d), e.g. vggdet.inference.tuning.decide; None = the fixed rule (`eligible`).
     Inside an nn.Sequential a Conv2d followed by nn.ReLU becomes one module with the ReLU fused (one
     pass over the output instead of two) and the ReLU slot becomes nn.Identity, so indices and
     state_dict keys stay. Already converted modules are left alone: converting twice swaps nothing.
@@ -359,15 +242,15 @@ def convert(model: nn.Module, tune: bool = True) -> int:
         children = list(parent.named_children())
         for i, (name, child) in enumerate(children):
             if isinstance(child, WinogradConv2d):
-                child.tune = tune
+                child.choose = choose
             if type(child) is not nn.Conv2d or not candidate(child):  # exact type: subclasses are someone else's
                 continue
             after = children[i + 1][1] if i + 1 < len(children) else None
             if isinstance(parent, nn.Sequential) and type(after) is nn.ReLU:
-                setattr(parent, name, WinogradConv2d.from_conv(child, relu=after, tune=tune))
+                setattr(parent, name, WinogradConv2d.from_conv(child, relu=after, choose=choose))
                 setattr(parent, children[i + 1][0], nn.Identity())
             else:
-                setattr(parent, name, WinogradConv2d.from_conv(child, tune=tune))
+                setattr(parent, name, WinogradConv2d.from_conv(child, choose=choose))
             count += 1
     return count
 

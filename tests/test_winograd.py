@@ -1,4 +1,5 @@
-"""Performance paths: the fast path's detections equal the plain path's, autocast runs, truncated SVD.
+"""Winograd F(4x4,3x3) for CPU inference (vggdet/model/winograd.py): exact to float32 rounding, a conversion of
+the model that the predictor applies (never `model.eval()`), and detections equal to the plain path's.
 
 VGGDET_TEST_DEVICE=cuda runs the device tests on the GPU (benchmarks/gpu_check.sh does); default cpu.
 """
@@ -11,10 +12,10 @@ import torch
 from torch import nn
 
 from vggdet import build_detector, load_config
-from vggdet.checkpoint import load_checkpoint, save_checkpoint
+from vggdet.config import RuntimeConfig
+from vggdet.inference.torch_backend import TorchPredictor
+from vggdet.inference.tuning import convert_for_inference
 from vggdet.model import winograd
-from vggdet.predictor import Detector
-from vggdet.svd import SVDError, compress_checkpoint, compress_fc
 
 DEVICE = os.environ.get("VGGDET_TEST_DEVICE", "cpu")
 if DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -37,9 +38,11 @@ def images(seed: int = 0):
 
 
 def detect(model, imgs, fast, dtype=None):
-    """fast: True/False force the CPU fast path (channels_last + Winograd) on/off; None = auto."""
-    model.channels_last = model.winograd = fast
-    model.eval()  # applies the winograd switch
+    """fast: True/False force the CPU fast path (channels_last + Winograd) on/off; None = auto (what the
+    predictor does: Winograd for CPU inference, each conv's path timed once)."""
+    model.channels_last = fast
+    winograd.revert(model)
+    convert_for_inference(model, RuntimeConfig(winograd=fast), torch.device(DEVICE))
     with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=dtype or torch.float32,
                                                 enabled=dtype is not None):
         return model(imgs)
@@ -67,9 +70,7 @@ def test_fast_path_detections_equal_plain_path():
 
 def test_full_width_backbone_fast_paths_match():
     torch.manual_seed(0)
-    model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE)
-    model.winograd = False
-    model.eval()
+    model = build_detector(load_config(None, ["model.input.min_size=96"])).to(DEVICE).eval()
     x = torch.rand(1, 3, 96, 136, device=DEVICE)
     with torch.inference_mode():
         plain = model.backbone(x)
@@ -85,7 +86,7 @@ def test_full_width_backbone_fast_paths_match():
 # it; the RPN conv (128 -> 512) without a fused ReLU (RPN.forward applies F.relu). Name -> fused ReLU.
 SMALL_CONVERTED = {f"backbone.body.{i}": True for i in (2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)}
 SMALL_CONVERTED["rpn.conv"] = False
-# With tuning off, the fixed rule runs Winograd on conv4_1 (64 -> 128) and conv4_2..conv5_3 (128 -> 128),
+# Without the timing cache, the fixed rule runs Winograd on conv4_1 (64 -> 128) and conv4_2..conv5_3 (128 -> 128),
 # which reach MIN_IN / MIN_OUT, and the RPN conv; conv1_2..conv3_x are too narrow.
 SMALL_WINOGRAD = {"backbone.body.17": True, "backbone.body.19": True, "backbone.body.21": True,
                   "backbone.body.24": True, "backbone.body.26": True, "backbone.body.28": True, "rpn.conv": False}
@@ -162,7 +163,7 @@ def test_convert_revert_keep_parameters_and_fall_back_where_winograd_does_not_ap
     params, keys = list(seq.parameters()), list(seq.state_dict())
     x = torch.randn(2, 64, 11, 13)
     ref = seq(x).detach()
-    assert winograd.convert(seq, tune=False) == 2 and winograd.convert(seq, tune=False) == 0  # fixed rule: no timing
+    assert winograd.convert(seq) == 2 and winograd.convert(seq) == 0  # fixed rule: no timing
     assert [type(m) for m in seq] == [winograd.WinogradConv2d, nn.Identity, winograd.WinogradConv2d, nn.Conv2d, nn.ReLU]
     assert converted(seq) == {"0": True, "2": False}
     assert list(seq.state_dict()) == keys and all(a is b for a, b in zip(seq.parameters(), params, strict=True))
@@ -189,124 +190,59 @@ def test_convert_revert_keep_parameters_and_fall_back_where_winograd_does_not_ap
     assert not any(hasattr(m, "_winograd_cache") for m in seq)
 
 
-def test_eval_converts_model_to_winograd_and_train_reverts(monkeypatch):
+def test_eval_and_train_are_plain_pytorch(monkeypatch):
+    """model.eval() / model.train() swap no module, time nothing and touch no file."""
+    import builtins
+
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, SMALL))
+    modules = {name: type(m) for name, m in model.named_modules()}
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(winograd, "convert", lambda *a, **k: pytest.fail("eval() converted the model"))
+    for _ in range(2):
+        model.eval()
+        assert {name: type(m) for name, m in model.named_modules()} == modules and not model.training
+        model.train()
+        assert {name: type(m) for name, m in model.named_modules()} == modules and model.training
+    assert opened == []
+
+
+def test_predictor_converts_for_cpu_inference_and_close_reverts(monkeypatch):
     torch.manual_seed(0)
     # on the CPU: Winograd is a CPU inference path; the fixed rule (no timing) makes the calls predictable
-    model = build_detector(load_config(None, SMALL + ["runtime.winograd_tune=false"]))
+    cfg = load_config(None, SMALL + ["runtime.winograd_tune=false"])
+    model = build_detector(cfg)
     keys, params = list(model.state_dict()), list(model.parameters())
-    assert converted(model) == {}
-    model.eval()  # winograd None = auto: on for the CPU
+    predictor = TorchPredictor(model, ["a", "b"], "cpu", cfg)  # runtime.winograd None = auto: on for the CPU
     assert converted(model) == SMALL_CONVERTED
     assert all(isinstance(model.get_submodule(f"backbone.body.{int(n.rsplit('.', 1)[1]) + 1}"), nn.Identity)
                for n, relu in SMALL_CONVERTED.items() if relu)
     assert list(model.state_dict()) == keys
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
-    assert winograd.convert(model, tune=False) == 0
+    assert winograd.convert(model) == 0
     calls = count_winograd_calls(monkeypatch)
     imgs = [i.cpu() for i in images()]
-    with torch.inference_mode():
-        fast = model(imgs)
+    fast = predictor.predict_batch(imgs)  # two sizes: two forwards
     # once per converted conv per forward, with the ReLU fused where the conv took it over
     by_name = {model.get_submodule(n): (n, relu) for n, relu in SMALL_WINOGRAD.items()}
-    assert sorted(by_name[c] for c, _ in calls) == sorted(SMALL_WINOGRAD.items())
+    assert sorted(by_name[c] for c, _ in calls) == sorted(list(SMALL_WINOGRAD.items()) * 2)
     assert all(relu == by_name[c][1] for c, relu in calls)
-    model.winograd = False
-    model.eval()  # the switch takes effect at eval()
-    assert converted(model) == {}
-    with torch.inference_mode():
-        plain = model(imgs)
-    assert len(calls) == len(SMALL_WINOGRAD)
-    assert sum(len(d["boxes"]) for d in plain) > 10
-    assert_same_detections(fast, plain)
-    model.winograd = None
-    model.eval()
-    assert converted(model) == SMALL_CONVERTED
-    model.train()
+    predictor.close()
     assert converted(model) == {} and list(model.state_dict()) == keys
     assert all(isinstance(model.get_submodule(f"backbone.body.{int(n.rsplit('.', 1)[1]) + 1}"), nn.ReLU)
                for n, relu in SMALL_CONVERTED.items() if relu)
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    plain = TorchPredictor(model, ["a", "b"], "cpu", load_config(None, SMALL + ["runtime.winograd=false"]))
+    assert converted(model) == {}
+    assert len(calls) == 2 * len(SMALL_WINOGRAD)
+    slow = plain.predict_batch(imgs)
+    assert len(calls) == 2 * len(SMALL_WINOGRAD) and sum(len(d["boxes"]) for d in slow) > 10
+    for a, b in zip(fast, slow):
+        assert a["labels"].tolist() == b["labels"].tolist()
+        assert abs(a["boxes"] - b["boxes"]).max() < 1e-3 and abs(a["scores"] - b["scores"]).max() < 1e-4
+    model.train()
     tgt = {"boxes": torch.tensor([[20.0, 30, 90, 120]]), "labels": torch.tensor([1])}
     sum(model(imgs, [tgt, tgt]).values()).backward()
-    assert len(calls) == len(SMALL_WINOGRAD)
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_autocast_inference_runs_and_stays_close(dtype):
-    if DEVICE == "cpu" and dtype == "float16":
-        pytest.skip("fp16 autocast is a GPU mode")
-    model = small_model()
-    imgs = images()
-    low = detect(model, imgs, fast=None, dtype=getattr(torch, dtype))
-    for d in low:
-        assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
-        assert len(d["boxes"]) > 0
-    # the head on the same RoIs: class probabilities within a few 1e-2 of fp32
-    with torch.inference_mode():
-        feats = model.backbone(model.transform(imgs)[0])
-        rois = [torch.tensor([[0.0, 0, 100, 80], [20, 30, 150, 170]], device=DEVICE)]
-        s32, _ = model.roi_head.predict(feats[:1], rois)
-        with torch.autocast(torch.device(DEVICE).type, dtype=getattr(torch, dtype)):
-            s16, _ = model.roi_head.predict(feats[:1], rois)
-    torch.testing.assert_close(s16.float().softmax(1), s32.softmax(1), rtol=0, atol=5e-2)
-
-
-def test_train_step_under_autocast_on_device():
-    model = small_model().train()
-    g = torch.Generator().manual_seed(0)
-    img = torch.rand(3, 160, 200, generator=g).to(DEVICE)
-    tgt = {"boxes": torch.tensor([[20.0, 30, 90, 120], [100, 40, 180, 150]], device=DEVICE),
-           "labels": torch.tensor([1, 2], device=DEVICE)}
-    dtype = torch.float16 if DEVICE.startswith("cuda") else torch.bfloat16
-    with torch.autocast(torch.device(DEVICE).type, dtype=dtype):
-        losses = model([img, img.flip(-1)], [tgt, tgt])
-    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
-    sum(losses.values()).backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert next(model.parameters()).device.type == torch.device(DEVICE).type
-
-
-# ------------------------------------------------------------------------------------------ truncated SVD
-def test_compress_fc_full_rank_is_exact_and_error_falls_with_rank():
-    torch.manual_seed(0)
-    fc = nn.Linear(96, 64)
-    x = torch.randn(20, 96)
-    full = compress_fc(fc, 64)
-    assert isinstance(full, nn.Sequential) and full[0].bias is None
-    assert full[0].weight.shape == (64, 96) and full[1].weight.shape == (64, 64)
-    torch.testing.assert_close(full(x), fc(x), rtol=1e-4, atol=1e-4)
-    errors = [(compress_fc(fc, r)(x) - fc(x)).norm().item() for r in (4, 16, 32, 48)]
-    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
-    with pytest.raises(SVDError, match="rank"):
-        compress_fc(fc, 65)
-    with pytest.raises(SVDError, match="rank"):
-        compress_fc(fc, 0)
-
-
-def test_compress_checkpoint_round_trip(tmp_path):
-    model = small_model().cpu()
-    cfg = load_config(None, SMALL)
-    path, small = tmp_path / "full.pth", tmp_path / "small.pth"
-    save_checkpoint(str(path), {"model": model.state_dict(), "config": cfg.to_dict(), "classes": ["a", "b"],
-                                "optimizer": {"state": {}}, "epoch": 3})
-    fc6_in = model.roi_head.fc6.in_features
-    # full rank: the same detections
-    compress_checkpoint(str(path), fc6_in if fc6_in < 256 else 256, 256, str(small))
-    ck = load_checkpoint(str(small))
-    assert "optimizer" not in ck and ck["epoch"] == 3 and ck["classes"] == ["a", "b"]
-    assert ck["config"]["model"]["roi_head"]["fc6_rank"] == min(fc6_in, 256)
-    assert "roi_head.fc6.weight" not in ck["model"] and "roi_head.fc6.0.weight" in ck["model"]
-    det_full = Detector.from_checkpoint(str(path), device=DEVICE)
-    det_small = Detector.from_checkpoint(str(small), device=DEVICE)
-    assert isinstance(det_small.model.roi_head.fc6, nn.Sequential)
-    imgs = images()
-    assert_same_detections(detect(det_small.model, imgs, None), detect(det_full.model, imgs, None), rtol=2e-3)
-    # a real compression loads and runs; a rank above min(in, out) is a clear error
-    compress_checkpoint(str(path), 32, 16, str(small))
-    dets = Detector.from_checkpoint(str(small), device=DEVICE).predict_batch([i.cpu() for i in imgs])
-    assert len(dets) == 2
-    with pytest.raises(SVDError, match="min"):
-        compress_checkpoint(str(path), 100000, None, str(tmp_path / "bad.pth"))
-    with pytest.raises(SVDError, match="already compressed"):
-        compress_checkpoint(str(small), 16, None, str(tmp_path / "bad.pth"))
+    assert len(calls) == 2 * len(SMALL_WINOGRAD)

@@ -1,4 +1,5 @@
-"""Drawing boxes with class names and scores (shared by tools/browse_dataset.py and tools/infer.py)."""
+"""Drawing boxes with class names and scores: annotated images and video frames (tools/infer.py), dataset
+browsing (tools/browse_dataset.py)."""
 from __future__ import annotations
 
 import colorsys
@@ -45,3 +46,8 @@ def draw_boxes(
         ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
         cv2.putText(out, text, (tx + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, 1, cv2.LINE_AA)
     return out
+
+
+def draw_detections(image_rgb: np.ndarray, det: dict) -> np.ndarray:
+    """`draw_boxes` for a predictor's detections {"boxes", "names", "scores", "labels"}."""
+    return draw_boxes(image_rgb, det["boxes"], det["names"], det["scores"], [int(c) for c in det["labels"]])

@@ -1,8 +1,8 @@
-"""The ONNX Runtime predictor: `Detector.from_checkpoint("model.onnx")` -> the same API as the PyTorch one.
+"""The ONNX Runtime predictor: `load_predictor("model.onnx")` -> the same interface as the PyTorch one.
 
-Runs a file written by tools/export.py (vggdet/export.py) in onnxruntime; no PyTorch model code runs.
-The class names and the config come from the file's metadata. Like the PyTorch predictor, a batch is
-split by image size and each size runs as one batch, so detections do not depend on the batch.
+Runs a file written by tools/export.py or tools/quantize.py (vggdet/deploy/) in onnxruntime; no PyTorch
+model code runs. The class names and the config come from the file's metadata; the shared behaviour
+(input rules, size grouping, the score / class filter) is vggdet/inference/base.py's.
 """
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ from typing import Optional
 import numpy as np
 
 from vggdet.config import Config, ConfigError, apply_overrides
-from vggdet.runtime import check_batch, check_single, finish_detections, groups_by_size, rgb_input
+from vggdet.inference.base import Predictor, is_onnx_file
 
-__all__ = ["OnnxDetector", "OnnxModelError", "is_onnx_file"]
+__all__ = ["OnnxPredictor", "OnnxModelError", "is_onnx_file", "OnnxDetector"]
 
 
 class OnnxModelError(ValueError):
     """An .onnx file that cannot be used: unreadable, not a vggdet export, or no runtime to run it."""
-
-
-def is_onnx_file(path: str) -> bool:
-    return str(path).lower().endswith(".onnx")
 
 
 def _session(path: str, device: Optional[str]):
@@ -68,15 +64,16 @@ def _check_int8_device(path: str, device: str) -> None:
                              "float32; use the float32 export (tools/export.py)")
 
 
-class OnnxDetector:
-    """`predict(image)` / `predict_batch(images)` like vggdet.predictor.Detector, on onnxruntime.
+class OnnxPredictor(Predictor):
+    """A vggdet export in onnxruntime. `overrides`: `key=value` items for data.* / test.* (e.g. the dataset
+    root for tools/test_det.py) and runtime.score_thresh (a stricter cut-off than the export's); model.* is
+    fixed in the file."""
 
-    `overrides`: `key=value` items for data.* / test.* (e.g. the dataset root for tools/test_det.py) and
-    runtime.score_thresh (a stricter cut-off than the export's); model.* is fixed in the file.
-    """
+    backend = "onnxruntime"
+    cutoff_hint = "export again with --score-thr {asked:g} for lower scores (the cut-off is part of the graph)"
 
     def __init__(self, path: str, device: Optional[str] = None, overrides: Optional[list] = None):
-        self.path = path
+        self.path = self.source = path
         if device is None:  # runtime.device=... among the overrides (tools pass --device that way)
             device = next((o.split("=", 1)[1].strip() for o in overrides or [] if o.startswith("runtime.device=")),
                           None)
@@ -113,11 +110,13 @@ class OnnxDetector:
                    else "use the float32 export (tools/export.py)")
             raise ConfigError(f"{self.path}: test.precision={want} but this export is {self.precision}; {fix}")
         thresh = self.config.runtime.score_thresh
-        self.cutoff = thresh if thresh is not None and thresh > self.export_thresh else None
+        # the lowest score the file returns: its own cut-off, or a stricter runtime.score_thresh
+        self.min_score = thresh if thresh is not None and thresh > self.export_thresh else self.export_thresh
+        if thresh is not None and thresh < self.export_thresh:
+            self.warn_below_cutoff(thresh)
 
-    def _to_array(self, image) -> np.ndarray:
-        """Path, HxWx3 uint8 RGB array or [3,H,W] tensor -> [3,H,W] array in the graph's input dtype."""
-        image = rgb_input(image)
+    def _prepare(self, image) -> np.ndarray:
+        """HxWx3 uint8 RGB array or [3,H,W] tensor -> [3,H,W] array in the graph's input dtype."""
         if isinstance(image, np.ndarray):
             chw = image.transpose(2, 0, 1)
         else:  # a torch tensor [3,H,W], uint8 or float 0..1
@@ -127,6 +126,14 @@ class OnnxDetector:
         if self.input_dtype == "uint8":
             return np.ascontiguousarray(chw, dtype=np.uint8)
         return np.ascontiguousarray(chw, dtype=np.float32) / (255.0 if chw.dtype == np.uint8 else 1.0)
+
+    def _forward(self, inputs: list, proposals: Optional[list] = None) -> list:
+        if proposals is not None:
+            raise ValueError(f"{self.path}: an ONNX export computes its own proposals")
+        dets = self.run(np.stack(inputs))
+        if self.min_score > self.export_thresh:
+            dets = [{k: v[d["scores"] >= self.min_score] for k, v in d.items()} for d in dets]
+        return dets
 
     def run(self, batch: np.ndarray) -> list:
         """[B,3,H,W] of one size -> B detection dicts (boxes, labels, scores as numpy)."""
@@ -140,19 +147,8 @@ class OnnxDetector:
         return [{"boxes": boxes[index == i].astype(np.float32), "labels": labels[index == i].astype(np.int64),
                  "scores": scores[index == i].astype(np.float32)} for i in range(n)]
 
-    def predict_batch(self, images: list, score_thresh: Optional[float] = None) -> list:
-        """-> per image {"boxes" [D,4] float32 xyxy, "scores" [D], "labels" [D] in 1..K, "names" [D]},
-        keeping scores >= `score_thresh` when given (the export's own cut-off applies first)."""
-        check_batch(images, score_thresh)
-        arrays = [self._to_array(i) for i in images]
-        thresh = max((t for t in (self.cutoff, score_thresh) if t is not None), default=None)
-        dets: list = [None] * len(arrays)
-        for idx in groups_by_size([a.shape[1:] for a in arrays]):
-            for k, d in zip(idx, self.run(np.stack([arrays[k] for k in idx]))):
-                dets[k] = finish_detections(d, thresh, self.classes)
-        return dets
+    def close(self) -> None:
+        self.session = None
 
-    def predict(self, image, score_thresh: Optional[float] = None) -> dict:
-        """One image -> its detections (see `predict_batch`)."""
-        check_single(image)
-        return self.predict_batch([image], score_thresh)[0]
+
+OnnxDetector = OnnxPredictor  # the 0.1 name

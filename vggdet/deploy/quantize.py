@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from vggdet.export import check_config, export_model
+from vggdet.deploy.export import check_config, export_model
 from vggdet.runtime import cpu_flags
 
 __all__ = ["QuantizeError", "quantize_checkpoint", "quantize_onnx", "calibration_paths", "has_vnni"]
@@ -47,7 +47,7 @@ def has_vnni(flags: Optional[set] = None) -> bool:
 def calibration_paths(cfg, n: int, folder: Optional[str] = None, seed: int = 0) -> list:
     """N image paths: a seeded sample of the config's training split, or every image of `folder` (<= n)."""
     if folder is not None:
-        from vggdet.media import collect_inputs
+        from vggdet.inference.images import collect_inputs
 
         images, _, _ = collect_inputs([folder])
         if not images:
@@ -149,7 +149,7 @@ def quantize_onnx(fp32: str, out: str, paths: list, reduce_range: Optional[bool]
 def quantize_checkpoint(checkpoint: str, out: str, *, calib: int = 64, calib_images: Optional[str] = None,
                         overrides: Optional[list] = None, reduce_range: Optional[bool] = None) -> dict:
     """Checkpoint (or SVD checkpoint) -> int8 ONNX at `out`, calibrated on `calib` images."""
-    from vggdet.checkpoint import load_detector
+    from vggdet.training.checkpoint import load_detector
 
     if calib < 1:
         raise QuantizeError(f"--calib {calib}: need at least one calibration image")

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vggdet.checkpoint import load_checkpoint, save_checkpoint, weights_only
+from vggdet.training.checkpoint import load_checkpoint, save_checkpoint, weights_only
 
 __all__ = ["SVDError", "compress_fc", "compress_checkpoint"]
 

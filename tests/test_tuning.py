@@ -1,5 +1,5 @@
-"""Winograd tuning (vggdet/model/winograd.py): the per-conv choice of Winograd or oneDNN is measured once per
-machine and input size, cached in a JSON file, and can be switched off (the fixed width rule).
+"""The Winograd timing cache (vggdet/inference/tuning.py): the per-conv choice of Winograd or oneDNN is measured
+once per machine and input size, cached in a JSON file, and can be switched off (the fixed width rule).
 
 Timing noise never decides a test: the tuner's clock is virtual here, advanced only by the paths'
 wrappers (a real sleep is not enough: on a busy 2-core machine a tiny conv can take 80 ms).
@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from vggdet import build_detector, load_config
+from vggdet.inference import tuning
+from vggdet.inference.torch_backend import TorchPredictor
 from vggdet.model import winograd
 
 
@@ -22,10 +24,10 @@ def cache(tmp_path, monkeypatch):
     """A fresh, empty cache folder, no decisions in memory and a virtual tuner clock (see `counting`);
     returns the cache file's path."""
     monkeypatch.setenv("VGGDET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(winograd, "_clock", lambda: NOW[0])
-    winograd.reset_tuning()
+    monkeypatch.setattr(tuning, "_clock", lambda: NOW[0])
+    tuning.reset_tuning()
     yield tmp_path / "cache" / "winograd.json"
-    winograd.reset_tuning()
+    tuning.reset_tuning()
 
 
 NOW = [0.0]  # the virtual clock: seconds advanced only by `counting` wrappers
@@ -45,10 +47,10 @@ def counting(monkeypatch, name: str, cost: float = 0.001) -> list:
 
 
 def layer() -> winograd.WinogradConv2d:
-    """A converted 16 -> 32 conv with its ReLU fused, tuning on (the default)."""
+    """A converted 16 -> 32 conv with its ReLU fused, timed by the cache (as the predictor converts)."""
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True))
-    assert winograd.convert(seq) == 1 and seq[0].relu and seq[0].tune
+    assert winograd.convert(seq, choose=tuning.decide) == 1 and seq[0].relu and seq[0].choose is tuning.decide
     return seq[0]
 
 
@@ -68,12 +70,12 @@ def test_the_faster_path_is_picked_cached_and_computes_the_conv(cache, monkeypat
     calls = {name: counting(monkeypatch, name, 0.05 if name == slow else 0.01) for name in ("conv3x3", "onednn")}
     with torch.inference_mode():
         first = conv(x)  # measured: every path runs TUNE_WARMUP + TUNE_RUNS times
-        assert {n: len(c) for n, c in calls.items()} == {n: winograd.TUNE_WARMUP + winograd.TUNE_RUNS for n in calls}
+        assert {n: len(c) for n, c in calls.items()} == {n: tuning.TUNE_WARMUP + tuning.TUNE_RUNS for n in calls}
         second = conv(x)
     winner = "onednn" if slow == "conv3x3" else "conv3x3"
-    assert len(calls[winner]) == winograd.TUNE_WARMUP + winograd.TUNE_RUNS + 1  # then only the winner runs
+    assert len(calls[winner]) == tuning.TUNE_WARMUP + tuning.TUNE_RUNS + 1  # then only the winner runs
     (key, entry), = entries(cache).items()
-    assert key == winograd.tune_key(conv, x)
+    assert key == tuning.tune_key(conv, x)
     assert entry["winograd"] == (winner == "conv3x3")
     assert (entry["winograd_s"] > entry["onednn_s"]) == (slow == "conv3x3") and entry["onednn_s"] > 0
     # oneDNN won: the transformed weights (4x the conv's) are not kept
@@ -88,7 +90,7 @@ def test_cache_file_is_reused_without_timing_and_keyed_by_machine_threads_and_si
     with torch.inference_mode():
         conv(x)
         assert cache.is_file() and len(entries(cache)) == 1
-        winograd.reset_tuning()  # a fresh process: only the file remembers
+        tuning.reset_tuning()  # a fresh process: only the file remembers
         calls = {name: counting(monkeypatch, name) for name in ("conv3x3", "onednn")}
         y = conv(x)
         assert sum(map(len, calls.values())) == 1  # the cached choice, no timing
@@ -102,7 +104,7 @@ def test_cache_file_is_reused_without_timing_and_keyed_by_machine_threads_and_si
             conv(x)
         finally:
             torch.set_num_threads(threads)
-        monkeypatch.setattr(winograd, "cpu_name", lambda: "Some Other CPU")
+        monkeypatch.setattr(tuning, "cpu_name", lambda: "Some Other CPU")
         conv(x)
         conv(x.contiguous(memory_format=torch.channels_last))
     keys = list(entries(cache))
@@ -148,24 +150,27 @@ def test_tuning_off_is_the_fixed_rule_without_timing_or_file(cache, monkeypatch)
                         nn.Conv2d(32, 128, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU())
     x = torch.randn(1, 3, 10, 14)
     ref = seq(x).detach()
-    assert winograd.convert(seq, tune=False) == 3  # conv 3 -> 16: too few input channels to be a candidate
+    assert winograd.convert(seq) == 3  # conv 3 -> 16: too few input channels to be a candidate
     assert type(seq[0]) is nn.Conv2d
-    monkeypatch.setattr(winograd, "decide", lambda *a, **k: pytest.fail("tuning is off"))
+    monkeypatch.setattr(tuning, "decide", lambda *a, **k: pytest.fail("tuning is off"))
     wino = counting(monkeypatch, "conv3x3")
     with torch.inference_mode():
         torch.testing.assert_close(seq(x), ref, rtol=1e-4, atol=1e-4)
     assert wino == [(1, 128, 10, 14)]  # only 128 -> 128 meets the fixed rule (MIN_IN 64, MIN_OUT 128)
     assert not cache.parent.exists()
-    # switched back on for the converted modules too (FasterRCNN.eval() calls convert again)
-    assert winograd.convert(seq, tune=True) == 0 and all(m.tune for m in seq if isinstance(m, winograd.WinogradConv2d))
+    # switched on for the converted modules too (a predictor converting an already converted model)
+    assert winograd.convert(seq, choose=tuning.decide) == 0
+    assert all(m.choose is tuning.decide for m in seq if isinstance(m, winograd.WinogradConv2d))
 
 
-def test_runtime_winograd_tune_reaches_the_model(cache):
+def test_runtime_winograd_tune_reaches_the_predictor(cache):
     tiny = ["model.backbone.width=0.25", "model.roi_head.fc_dim=64", "model.num_classes=2"]
-    model = build_detector(load_config(None, tiny + ["runtime.winograd_tune=false"])).eval()
-    convs = [m for m in model.modules() if isinstance(m, winograd.WinogradConv2d)]
-    assert len(convs) == 13 and not any(m.tune for m in convs)  # conv1_2..conv5_3 and the RPN conv
-    model.winograd_tune = True
-    model.eval()  # the switch takes effect at eval()
-    assert all(m.tune for m in convs)
+    for tune in (False, True):
+        cfg = load_config(None, tiny + [f"runtime.winograd_tune={tune}"])
+        predictor = TorchPredictor(build_detector(cfg), ["a", "b"], "cpu", cfg)
+        convs = [m for m in predictor.model.modules() if isinstance(m, winograd.WinogradConv2d)]
+        assert len(convs) == 13  # conv1_2..conv5_3 and the RPN conv
+        assert all(m.choose is (tuning.decide if tune else None) for m in convs)
+        predictor.close()  # plain convs again
+        assert not any(isinstance(m, winograd.WinogradConv2d) for m in predictor.model.modules())
     assert load_config(None).runtime.winograd_tune is True

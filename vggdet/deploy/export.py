@@ -14,13 +14,16 @@ Inside: normalise, resize (shorter side -> test_min_size, longer <= max_size, Re
 class scores, per-class boxes, score threshold, per-class NMS, per-image top `detections_per_img`.
 Every image of a batch has one size, so the batch changes nothing in the detections.
 
-Why a second forward and not `torch.onnx.export(model)`: the PyTorch forward loops over images in
-Python and turns sizes into Python numbers, which tracing bakes into constants (the failure behind
-torchvision's one-size and first-image-only exports). This module re-expresses the eval path with the
-same submodules and the same box maths (`BoxCoder`, anchors) but keeps sizes as tensors and handles the
-batch with an image index. It uses the TorchScript exporter (`dynamo=False`): torchvision registers its
-`nms` / `roi_pool` / `roi_align` for it, and the data-dependent sizes of NMS outputs trace without guards.
-tests/test_export.py compares its detections with PyTorch's.
+Why a graph module beside `FasterRCNN.forward` rather than `torch.onnx.export(model)`: the eager forward
+loops over images in Python and keeps sizes as Python numbers, which tracing bakes into constants (the
+failure behind torchvision's one-size and first-image-only exports). `DetectorGraph` only composes: it
+runs the model's own submodules and the same functions as the eager model for every stage's arithmetic
+(`resized_size`, `RPN.head`, `select_proposals`, `RoIHead.predict` / `detect`, with `BoxCoder`, `clip_boxes`,
+`grouped_nms` and `rank_in_group` inside them), whose tracing branches keep sizes as graph values; what
+is left here is the input resize as one ONNX op and the export itself. It uses the TorchScript exporter
+(`dynamo=False`): torchvision registers its `nms` / `roi_pool` / `roi_align` for it, and the
+data-dependent sizes of NMS outputs trace without guards. tests/test_export.py compares its detections
+with PyTorch's.
 """
 from __future__ import annotations
 
@@ -32,16 +35,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
 
+from vggdet.deploy import DEFAULT_OPSET, MIN_OPSET
 from vggdet.fileio import atomic_path
-from vggdet.model.boxes import grid_anchors
+from vggdet.model import winograd
 from vggdet.model.detector import FasterRCNN
+from vggdet.model.rpn import select_proposals
+from vggdet.model.transform import resized_size
 
 __all__ = ["ExportError", "DetectorGraph", "export_onnx", "export_model", "check_config", "MIN_OPSET",
            "DEFAULT_OPSET", "OUTPUTS"]
 
-MIN_OPSET, DEFAULT_OPSET = 11, 17  # 11: Resize with sizes, NonMaxSuppression with inputs; 16: RoiAlign aligned
 OUTPUTS = ("boxes", "labels", "scores", "image_index")
 
 
@@ -77,14 +81,8 @@ class _ResizePad(torch.autograd.Function):
         return g.op("Pad", y, pads, mode_s="constant")
 
 
-def _rank_in_group(group: Tensor, num_groups: Tensor) -> Tensor:
-    """For a sequence of group ids, each element's position among the earlier elements of its group."""
-    onehot = (group[:, None] == torch.arange(num_groups, device=group.device)[None]).to(torch.int64)
-    return (onehot.cumsum(0) * onehot).sum(1) - 1
-
-
 class DetectorGraph(nn.Module):
-    """The eval path of a `FasterRCNN` with every size a tensor; see the module docstring."""
+    """The eval path of a `FasterRCNN` over one same-size batch tensor; see the module docstring."""
 
     def __init__(self, model: FasterRCNN, input_dtype: str = "uint8", opset: int = DEFAULT_OPSET):
         super().__init__()
@@ -94,91 +92,31 @@ class DetectorGraph(nn.Module):
         self.input_dtype = input_dtype
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x, sizes, scale = self.preprocess(images)
+        x, size, scale = self.preprocess(images)
+        n = torch._shape_as_tensor(images)[0]
+        sizes = size[None].expand(n, 2)  # every image of the batch has the same size
         features = self.backbone(x)
-        rois, roi_img = self.proposals(features, sizes, scale)
-        scores, deltas = self.head.predict(features, torch.cat([roi_img[:, None].to(rois), rois], 1))
-        boxes, labels, probs, img = self.postprocess(scores, deltas, rois, roi_img, sizes,
-                                                     torch._shape_as_tensor(images)[0])
+        rpn = self.rpn
+        logits, deltas = rpn.head(features)
+        min_sizes = (scale.mean().to(torch.float32) * rpn.min_size).expand(n)  # as the eager RPN: float64 mean
+        rois, img = select_proposals(logits, deltas, rpn.anchors_for(features), sizes, min_sizes, rpn.coder,
+                                     rpn.pre_nms_top_n[1], rpn.post_nms_top_n[1], rpn.nms_thresh)
+        scores, deltas = self.head.predict(features, torch.cat([img[:, None].to(rois), rois], 1))
+        boxes, labels, probs, img = self.head.detect(scores, deltas, rois, img, sizes, n)
+        scale = scale.to(torch.float32)
         return boxes / torch.cat([scale, scale]), labels, probs, img
 
     def preprocess(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (padded batch, network size [2] int64 (h, w), scale [2] float32 (sx, sy))."""
+        """-> (padded batch, network size [2] int64 (h, w), scale [2] float64 (sx, sy))."""
         t = self.transform
-        x = images.float() / 255.0 if self.input_dtype == "uint8" else images.float()
-        x = (x - t.mean[None]) / t.std[None]
-        if t.caffe_input:
-            x = x.flip(1)
+        x = t.normalize(images)
         hw = torch._shape_as_tensor(images)[2:].to(torch.float64)
-        # The resize factor as in InputTransform.scale_for, in float64 like Python's floats, rounded half
-        # to even like Python's round().
-        # (minimum / maximum of the two, not ReduceMin / ReduceMax: OpenVINO mis-sizes the Resize after those)
-        short, long = torch.minimum(hw[0], hw[1]), torch.maximum(hw[0], hw[1])
-        s = torch.minimum(t.test_min_size / short, t.max_size / long)
-        new = torch.round(hw * s).to(torch.int64)
+        new = resized_size(hw, t.test_min_size, t.max_size)  # the eager model's rule (vggdet/model/transform.py)
         d = t.size_divisible
         padded = torch.div(new + (d - 1), d, rounding_mode="floor") * d
         x = _ResizePad.apply(x, new[0], new[1], padded[0], padded[1])
-        scale = (new.to(torch.float64) / hw).flip(0).to(torch.float32)  # (sx, sy) = (nw / w, nh / h)
+        scale = (new.to(torch.float64) / hw).flip(0)  # (sx, sy) = (nw / w, nh / h)
         return x, new, scale
-
-    def proposals(self, features: Tensor, sizes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        """RPN.proposals with one image size: -> (RoIs [R,4] network pixels, their image index [R])."""
-        rpn = self.rpn
-        shape = torch._shape_as_tensor(features)
-        n, fh, fw = shape[0], shape[2], shape[3]
-        x = F.relu(rpn.conv(features))
-        logits = rpn.cls_logits(x).permute(0, 2, 3, 1).reshape(n, -1)
-        a = rpn.base.shape[0]
-        deltas = rpn.bbox_pred(x).reshape(n, a, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
-        anchors = grid_anchors(rpn.base, fh, fw, rpn.stride)
-        k = torch.clamp(torch._shape_as_tensor(logits)[1], max=rpn.pre_nms_top_n[1])
-        top, idx = logits.topk(k, dim=1)
-        boxes = rpn.coder.decode(deltas.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4),
-                                 anchors[idx.reshape(-1)])
-        boxes = torch.minimum(boxes.clamp(min=0), sizes.flip(0).repeat(2).to(boxes))
-        img = torch.arange(n)[:, None].expand(-1, k).reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (wh >= rpn.min_size * scale.mean()).all(1)
-        boxes, top, img = boxes[keep], top.reshape(-1)[keep], img[keep]
-        kept = _grouped_nms(boxes, top, img, sizes, rpn.nms_thresh)
-        kept = kept[_rank_in_group(img[kept], n) < rpn.post_nms_top_n[1]]
-        return boxes[kept], img[kept]
-
-    def postprocess(self, scores: Tensor, deltas: Tensor, rois: Tensor, img: Tensor, sizes: Tensor,
-                    n: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """RoIHead.postprocess with one image size; detections sorted by image, then descending score."""
-        h = self.head
-        k1 = h.num_classes + 1
-        probs = F.softmax(scores.float(), dim=1)[:, 1:]
-        boxes = h.coder.decode(deltas.float(), rois).reshape(-1, k1, 4)[:, 1:]
-        boxes = torch.minimum(boxes.clamp(min=0), sizes.flip(0).repeat(2).to(boxes))
-        if h.class_agnostic_nms:
-            probs, best = probs.max(dim=1, keepdim=True)
-            boxes = boxes.gather(1, best[..., None].expand(-1, -1, 4))
-            labels = best + 1
-        else:
-            labels = torch.arange(1, k1)[None].expand_as(probs)
-        img = img[:, None].expand_as(probs)
-        keep = probs > h.score_thresh
-        boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
-        keep = (boxes[:, 2:] - boxes[:, :2] > 1e-2).all(1)
-        boxes, probs, labels, img = boxes[keep], probs[keep], labels[keep], img[keep]
-        groups = img if h.class_agnostic_nms else img * k1 + labels
-        kept = _grouped_nms(boxes, probs, groups, sizes, h.nms_thresh)
-        kept = kept[_rank_in_group(img[kept], n) < h.detections_per_img]
-        # Group by image keeping the score order: sort on (image, position in the score order).
-        pos = torch.arange(torch._shape_as_tensor(kept)[0])
-        order = torch.argsort(img[kept] * (pos.shape[0] + 1) + pos)
-        kept = kept[order]
-        return boxes[kept], labels[kept], probs[kept], img[kept]
-
-
-def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, sizes: Tensor, iou: float) -> Tensor:
-    """batched_nms by shifting each group by (group * (largest side + 1)): boxes are clipped to the image,
-    so groups never overlap. torchvision's own trick takes boxes.max(), which fails on empty inputs."""
-    offset = groups.to(boxes) * (sizes.max() + 1).to(boxes)
-    return nms(boxes + offset[:, None], scores, iou)
 
 
 def check_exportable(proposals: str, nms_method: str, pool: str, opset: int) -> None:
@@ -207,7 +145,7 @@ def export_onnx(checkpoint: str, out: str, *, opset: int = DEFAULT_OPSET, svd: O
     """
     import onnx  # noqa: F401 (fail before the weights load when the extra is missing)
 
-    from vggdet.checkpoint import load_detector
+    from vggdet.training.checkpoint import load_detector
 
     _check_input_dtype(input_dtype)
     model, cfg, classes = load_detector(checkpoint, config, overrides, check=lambda c: check_config(c, opset))
@@ -227,12 +165,12 @@ def export_model(model: FasterRCNN, cfg, classes: list, out: str, *, opset: int 
     """`export_onnx` for a loaded model (which this converts in place: SVD, plain convs, eval mode)."""
     import onnx
 
-    from vggdet import __version__
+    from vggdet import __version__  # vggdet/__init__ imports only the config
 
     _check_input_dtype(input_dtype)
     if svd is not None:
         _apply_svd(model, cfg, svd)
-    model.winograd = False  # plain convs: Winograd is a PyTorch-side conversion (vggdet/model/winograd.py)
+    winograd.revert(model)  # plain convs, should a predictor have converted this model (a PyTorch-side speed-up)
     graph = DetectorGraph(model.eval(), input_dtype, opset).eval()
     example = _example_input(batch_size or 2, input_dtype)
     axes = {"images": ({} if batch_size else {0: "batch"}) | {2: "height", 3: "width"},
@@ -246,12 +184,14 @@ def export_model(model: FasterRCNN, cfg, classes: list, out: str, *, opset: int 
         if fp16:
             _weights_to_fp16(proto)
         meta = {"vggdet_format": "1", "vggdet_version": __version__, "classes": json.dumps(list(classes)),
+                "score_thresh": json.dumps(model.roi_head.score_thresh),
                 "config": json.dumps(cfg.to_dict()), "input_dtype": input_dtype, "opset": str(opset),
                 "svd": json.dumps(list(svd) if svd else None), "fp16_weights": json.dumps(bool(fp16)),
                 "batch_size": json.dumps(batch_size), "source": source}
         onnx.helper.set_model_props(proto, meta)
         onnx.save(proto, tmp)
-    return {"out": out, "bytes": os.path.getsize(out), "opset": opset, "classes": len(classes)}
+    return {"out": out, "bytes": os.path.getsize(out), "opset": opset, "classes": len(classes),
+            "score_thresh": model.roi_head.score_thresh}
 
 
 def _check_input_dtype(input_dtype: str) -> None:
@@ -273,7 +213,7 @@ def _example_input(batch: int, input_dtype: str) -> Tensor:
 
 
 def _apply_svd(model: FasterRCNN, cfg, ranks: tuple) -> None:
-    from vggdet.svd import SVDError, compress_fc
+    from vggdet.deploy.svd import SVDError, compress_fc
 
     for name, rank in zip(("fc6", "fc7"), ranks):
         if rank is None:

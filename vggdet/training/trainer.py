@@ -1,8 +1,8 @@
 """The training loop: `Trainer(cfg, work_dir).fit()` — optimiser, LR schedule, AMP, DDP, exact resume.
 
 Each iteration reads like the paper: images -> model -> {loss_rpn_cls, loss_rpn_box, loss_cls, loss_box}
--> sum -> SGD step. Checkpoints belong to vggdet/checkpoint.py, logging to vggdet/logger.py and evaluation
-to vggdet/dataset_eval.py; `fit()` decides what to save and when. `train(cfg, work_dir)` is what
+-> sum -> SGD step. Checkpoints belong to vggdet/training/checkpoint.py, logging to vggdet/training/logger.py and
+evaluation to vggdet/inference/dataset.py; `fit()` decides what to save and when. `train(cfg, work_dir)` is what
 tools/train_det.py calls.
 """
 from __future__ import annotations
@@ -21,16 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vggdet import distributed as ddp
-from vggdet.checkpoint import CheckpointDir, load_model_state, make_checkpoint
 from vggdet.config import Config, ConfigError
 from vggdet.data import DataError, build_dataloader, build_dataset
-from vggdet.dataset_eval import evaluate_model
 from vggdet.errors import Interrupted, TrainingError
 from vggdet.evaluation import format_table
 from vggdet.fileio import atomic_write, write_json
-from vggdet.logger import RunLogger
+from vggdet.inference.dataset import evaluate_predictor
+from vggdet.inference.torch_backend import TorchPredictor
 from vggdet.model.detector import build_detector
 from vggdet.runtime import amp_dtype, autocast, resolve_device
+from vggdet.training.checkpoint import CheckpointDir, load_model_state, make_checkpoint
+from vggdet.training.logger import RunLogger
 
 
 def check_data(cfg: Config) -> None:
@@ -310,16 +311,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- evaluation
     def evaluate(self, results_dir: Optional[str] = None) -> Optional[dict]:
-        """mAP on the test split (rank 0; None on other ranks), logged; writes nothing but `results_dir`."""
+        """mAP on the test split (rank 0; None on other ranks), logged; writes nothing but `results_dir`.
+
+        The model runs through the PyTorch predictor (as tools/test_det.py runs it) in the training's
+        precision and without test-time augmentation; the predictor's Winograd conversion is undone after."""
         cfg = self.cfg
         if self.test_loader is None:
             self.test_loader = build_dataloader(cfg, "test", self.distributed)
-        metrics = evaluate_model(self.model, self.test_loader, self.device, cfg.test.metric, cfg.test.iou_thresh,
-                                 results_dir if self.main else None, self.dtype)
+        with TorchPredictor(self.model, self.classes, self.device, cfg, dtype=self.dtype, tta=False) as predictor:
+            result = evaluate_predictor(predictor, self.test_loader, results_dir if self.main else None)
         self.model.train()
-        if metrics is None:
+        if result is None:
             return None
-        metrics = {**metrics, "epoch": self.state.epoch, "iter": self.state.iteration}
+        metrics = {**result.metrics, "epoch": self.state.epoch, "iter": self.state.iteration}
         self.log.text(f"\nevaluation after epoch {self.state.epoch} ({len(self.test_loader.dataset)} test images)\n"
                       + format_table(metrics))
         self.log.record({"mode": "eval", "epoch": self.state.epoch, "iter": self.state.iteration,

@@ -1,0 +1,146 @@
+"""What an inference run produces: detection records (the JSON rows of detections.jsonl, the server's answers),
+COCO results rows, annotated image files, and the run's counts and summary.
+
+A record is `{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "score"}]}` with
+boxes xyxy in the image's pixels (0-based, continuous), clipped to the image and rounded to 0.01 px, scores
+to 1e-4. Every file is written to a `.tmp_*` file beside its final name and renamed when complete
+(vggdet/fileio.py), so a failure or Ctrl-C never leaves a truncated file under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from vggdet.fileio import atomic_path, write_json
+
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "detections_to_json", "detection_record", "coco_rows",
+           "write_image_results", "write_image", "safe_output", "predict_timed"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
+
+
+@dataclass
+class InferenceStats:
+    """What a run did: counts, detections per class name, model time, and the inputs that failed."""
+
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    image_model_s: float = 0.0  # model time spent on images / on video frames, and how many went through it
+    image_model_n: int = 0
+    frame_model_s: float = 0.0
+    frame_model_n: int = 0
+    failed: list = field(default_factory=list)  # one-line messages, each naming the input
+    outputs: list = field(default_factory=list)
+    interrupted: str = ""  # set by Ctrl-C during a video: where its outputs stop
+    records: list = field(default_factory=list)  # detections.jsonl records of the images, in input order
+    coco: list = field(default_factory=list)  # per record, its COCO results rows (with coco=True)
+
+    def merge(self, other: InferenceStats) -> None:
+        """Add another process's counts (multi-process inference); records stay to be ordered by the caller."""
+        for name in ("images", "videos", "frames", "image_model_s", "image_model_n", "frame_model_s",
+                     "frame_model_n"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.per_class.update(other.per_class)
+        self.failed += other.failed
+        self.outputs += other.outputs
+        self.records += other.records
+        self.coco += other.coco
+        self.interrupted = self.interrupted or other.interrupted
+
+    def fail(self, message: str) -> None:
+        self.failed.append(message)
+        tqdm.write(f"error: {message}", file=sys.stderr)
+
+    def summary(self, classes: list, out_dir: str) -> str:
+        """A few lines: files done and failed, detections per class, mean model ms per image / frame."""
+        lines = [f"images: {self.images}   videos: {self.videos} ({self.frames} frames)   "
+                 f"failed: {len(self.failed)}   outputs in {out_dir}"]
+        lines.append(f"detections: {sum(self.per_class.values())}")
+        for name in classes:
+            if self.per_class[name]:
+                lines.append(f"  {name:<20s} {self.per_class[name]}")
+        if self.image_model_n:
+            lines.append(f"model time: {1000 * self.image_model_s / self.image_model_n:.1f} ms per image "
+                         f"({self.image_model_n} images)")
+        if self.frame_model_n:
+            lines.append(f"model time: {1000 * self.frame_model_s / self.frame_model_n:.1f} ms per frame "
+                         f"({self.frame_model_n} of {self.frames} frames through the model)")
+        return "\n".join(lines)
+
+
+def detections_to_json(det: dict, width: int, height: int) -> list:
+    """[{"box": [x1, y1, x2, y2], "label": name, "score"}], boxes clipped to the image, rounded to 0.01 px."""
+    boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return [{"box": [round(float(v), 2) for v in b], "label": n, "score": round(float(s), 4)}
+            for b, n, s in zip(boxes, det["names"], det["scores"])]
+
+
+def detection_record(file: str, width: int, height: int, det: dict) -> dict:
+    """One image's record, as in detections.jsonl (see the module docstring)."""
+    return {"file": file, "width": int(width), "height": int(height),
+            "detections": detections_to_json(det, width, height)}
+
+
+def coco_rows(path: str, det: dict, width: int, height: int) -> list:
+    """COCO results entries for one image: image_id = the file stem (an int when it is all digits, as in
+    COCO's own file names), category_id = the label (1..K, an index into the checkpoint's classes),
+    bbox = [x, y, w, h] in pixels."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    image_id = int(stem) if stem.isdigit() else stem
+    return [{"image_id": image_id, "category_id": int(c), "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+             "score": d["score"]}
+            for d, c in zip(detections_to_json(det, width, height), det["labels"])
+            for x1, y1, x2, y2 in [d["box"]]]
+
+
+def write_image_results(out_dir: str, records: list, coco: Optional[list] = None) -> list:
+    """`out_dir/detections.jsonl` (one record a line, in the given order) and, when `coco` (each record's
+    rows) is given, `out_dir/detections_coco.json`, each written atomically; returns their paths."""
+    jsonl = os.path.join(out_dir, "detections.jsonl")
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    if coco is None:
+        return [jsonl]
+    write_json(os.path.join(out_dir, "detections_coco.json"), [row for rows in coco for row in rows], indent=None)
+    return [jsonl, os.path.join(out_dir, "detections_coco.json")]
+
+
+def write_image(path: str, image_rgb: np.ndarray) -> None:
+    """Encode by the file's extension (JPEG for an unknown one) and write atomically."""
+    ext = os.path.splitext(path)[1].lower()
+    ok, buf = cv2.imencode(ext if ext in IMAGE_EXTS else ".jpg", image_rgb[:, :, ::-1])
+    if not ok:
+        raise OSError(f"{path}: cannot encode image")
+    with atomic_path(path) as tmp:
+        buf.tofile(tmp)
+
+
+def safe_output(out_dir: str, name: str, source: str) -> str:
+    """`out_dir/name`, or `out_dir/<stem>_det<ext>` if that would overwrite the input itself."""
+    path = os.path.join(out_dir, name)
+    if os.path.abspath(path) == os.path.abspath(source):
+        stem, ext = os.path.splitext(path)
+        path = f"{stem}_det{ext}"
+    return path
+
+
+def predict_timed(predictor, images: list, score_thresh: Optional[float] = None, keep=None) -> tuple:
+    """-> (per-image detections, model seconds)."""
+    t0 = time.perf_counter()
+    dets = predictor.predict_batch(images, score_thresh, keep)  # numpy arrays: the device has finished
+    return dets, time.perf_counter() - t0
