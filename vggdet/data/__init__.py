@@ -2,12 +2,12 @@
 from .base import ConcatDetection, DetectionDataset
 from .coco import COCODetection
 from .errors import DataError
-from .loader import build_dataloader, build_dataset
+from .loader import build_dataloader, build_dataset, check_data
 from .proposals import load_proposals
 from .shapes import SHAPES_CLASSES, make_shapes
 from .voc import VOC_CLASSES, VOCDetection
 
 __all__ = [
     "DataError", "VOCDetection", "VOC_CLASSES", "COCODetection", "ConcatDetection", "DetectionDataset",
-    "build_dataset", "build_dataloader", "load_proposals", "make_shapes", "SHAPES_CLASSES",
+    "build_dataset", "build_dataloader", "check_data", "load_proposals", "make_shapes", "SHAPES_CLASSES",
 ]

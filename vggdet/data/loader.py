@@ -1,4 +1,5 @@
-"""From config to batches: `build_dataset(cfg, split)` and `build_dataloader(cfg, split, ...)`.
+"""From config to batches: `check_data(cfg)` (fail early), `build_dataset(cfg, split)` and
+`build_dataloader(cfg, split, ...)`.
 
 The loader yields `(images, targets)`: images a list of uint8 [3, H, W] RGB tensors (the model converts
 to float; 4x less host->GPU traffic), targets a list of dicts with `boxes` float32 [N, 4] xyxy, `labels`
@@ -18,12 +19,31 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import Config
 from .base import ConcatDetection
 from .coco import COCODetection
+from .errors import DataError
 from .proposals import load_proposals
 from .shapes import SHAPES_CLASSES, ensure_shapes
 from .transforms import build_transform
 from .voc import VOCDetection
 
-__all__ = ["build_dataset", "build_dataloader", "DetectionLoader", "GroupedBatchSampler", "collate"]
+__all__ = ["check_data", "build_dataset", "build_dataloader", "DetectionLoader", "GroupedBatchSampler",
+           "collate"]
+
+
+def check_data(cfg: Config) -> None:
+    """Fail early, in one line, when the configured data is not where the config says."""
+    d = cfg.data
+    if d.format == "shapes":
+        return  # generated on first use
+    if d.format == "voc":
+        paths = [os.path.join(d.root, sub) for sub, _ in d.train_sets + d.test_sets]
+        hint = "data.root=/path/to/VOCdevkit"
+    else:
+        paths = [os.path.join(d.root, p) for p in (d.train_images, d.train_ann, d.test_images, d.test_ann)]
+        hint = "data.root=/path/to/coco"
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"data not found: {missing[0]} (data.root={d.root!r} in {cfg.source}); "
+                        f"point the config at your copy with --set {hint}")
 
 
 def build_dataset(cfg: Config, split: str):
