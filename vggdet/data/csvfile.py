@@ -4,7 +4,7 @@ Coordinates are pixels, xyxy, 0-based continuous (as inside the package: a box's
 whose five box and class fields are empty (`a.jpg,,,,,`) marks a background image. Image paths are relative
 to the CSV file's folder (or absolute); an image's rows need not be adjacent, images come in the order of
 their first row. Sizes come from the image headers (`image_io.cached_image_size`); an image's id is its
-path as written, without extension.
+path relative to the CSV's folder, without extension.
 """
 from __future__ import annotations
 
