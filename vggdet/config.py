@@ -118,23 +118,36 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["voc", "coco", "shapes"] = "voc"
-    root: str = "data/VOCdevkit"
+    format: Literal["voc", "coco", "yolo", "csv", "labelme", "shapes"] = "voc"
+    root: str = "data/VOCdevkit"  # YOLO: the data.yaml, or the folder that holds it
     # VOC: lists of [subfolder, split] under root; concatenated (VOC07+12 trainval).
     train_sets: list = field(default_factory=lambda: [["VOC2007", "trainval"]])
     test_sets: list = field(default_factory=lambda: [["VOC2007", "test"]])
-    # COCO: image folders and annotation files, relative to root.
+    # COCO: image folders and annotation files, relative to root. CSV / LabelMe: train_ann / test_ann name
+    # each split's CSV file / folder of LabelMe JSON files, relative to root (no *_images: paths are
+    # relative to the CSV or JSON file).
     train_images: str = "train2017"
     train_ann: str = "annotations/instances_train2017.json"
     test_images: str = "val2017"
     test_ann: str = "annotations/instances_val2017.json"
-    coco_skip_empty: bool = True  # training only: skip images without usable boxes
+    coco_skip_empty: bool = True  # training only: skip images without usable boxes (see keep_background)
+    # Train on background images (no usable box: no objects, or only crowd / difficult ones) as pure
+    # negatives for the RPN and the head; False drops them from the training split (the test split keeps
+    # every image). None = the format's default: kept for voc / yolo / csv / labelme / shapes, where an image
+    # without objects was written so on purpose (an XML without <object>, an empty or missing YOLO label
+    # file as Ultralytics trains it, a CSV background row, a LabelMe JSON without shapes); for coco,
+    # `not coco_skip_empty` (dropped by default, as Detectron and torchvision's reference scripts do, so old
+    # configs train on the same images). When set, it wins over coco_skip_empty.
+    keep_background: Optional[bool] = None
     # Shapes: generated into root on first use.
     shapes_num_train: int = 400
     shapes_num_test: int = 100
     shapes_size: int = 256
     shapes_seed: int = 0
-    classes: Optional[Union[list, str]] = None  # None = the 20 VOC classes; a list; or "auto" (VOC)
+    # VOC: None = the 20 VOC classes; a list; or "auto" (sorted names in the split's XML). CSV / LabelMe: a
+    # list, or None / "auto" = the sorted names found in the train split (for both splits). COCO and YOLO
+    # name their classes (categories, data.yaml `names`); a list given here must equal YOLO's names.
+    classes: Optional[Union[list, str]] = None
     use_difficult: bool = False
     skip_bad_images: bool = False
     skip_unknown_classes: bool = False

@@ -1,4 +1,5 @@
-"""What VOC and COCO datasets share: cached annotations, box sanitising, samples, proposals.
+"""What the dataset readers (VOC, COCO, YOLO, CSV, LabelMe) share: cached annotations, box sanitising,
+samples, proposals, background images, and the helpers of the readers that name images by path.
 
 A subclass parses every annotation once in `__init__` into `records` (one dict per image) and sets
 `classes`, `image_ids` and `image_paths`. Record boxes are float32 [N, 4] xyxy, 0-based continuous pixels,
@@ -6,6 +7,7 @@ NOT yet clipped; `size` is the annotated (h, w) or None when the file does not s
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable, Optional
 
@@ -13,9 +15,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .errors import DataError, warn_once
-from .image_io import read_image, read_image_size
+from .image_io import cached_image_size, read_image, read_image_size
 
-__all__ = ["DetectionDataset", "ConcatDetection", "sanitize"]
+__all__ = ["DetectionDataset", "ConcatDetection", "sanitize", "box_record", "named_record", "image_sizes",
+           "path_ids"]
 
 MIN_BOX_SIZE = 1.0  # boxes narrower or lower than this (pixels, after clipping) are degenerate
 
@@ -93,6 +96,7 @@ class DetectionDataset(Dataset):
 
     def _finish_init(self, source: str) -> None:
         """Fill missing sizes from image headers, warn once about degenerate boxes, check proposals."""
+        self.source = source  # names the dataset in errors
         dropped = []  # (image id, why) per dropped box
         for i, rec in enumerate(self.records):
             if rec["size"] is None:
@@ -110,6 +114,26 @@ class DetectionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def is_background(self, i: int) -> bool:
+        """True when image i has no training target: no box left after sanitising, or only crowd boxes
+        (and difficult ones, unless use_difficult). It trains as a pure negative, or is dropped."""
+        ann = self.get_annotation(i)
+        return not (~ann["iscrowd"] & (~ann["difficult"] | self.use_difficult)).any()
+
+    def drop_background(self) -> None:
+        """Keep only images with a training target (data.keep_background=False, training split only)."""
+        n = len(self)
+        self._select([i for i in range(n) if not self.is_background(i)])
+        if not len(self):
+            raise DataError(f"{self.source}: none of its {n} images has a usable box to train on")
+
+    def _select(self, idx: list) -> None:
+        """Keep images `idx`, in that order (their cached annotations too)."""
+        self._annotations = {n: self._annotations[i] for n, i in enumerate(idx) if i in self._annotations}
+        self.records = [self.records[i] for i in idx]
+        self.image_ids = [self.image_ids[i] for i in idx]
+        self.image_paths = [self.image_paths[i] for i in idx]
 
     def image_size(self, i: int) -> tuple:
         """(h, w) of image i as annotated (or from its header), without decoding it."""
@@ -159,6 +183,77 @@ class DetectionDataset(Dataset):
         if self.transform is not None:
             img, target = self.transform(img, target)
         return img, target
+
+
+def box_record(image_id, boxes: list, labels: list, size: tuple) -> dict:
+    """A record of an image whose boxes (xyxy pixels, not yet clipped) have no difficult / crowd flags."""
+    n = len(labels)
+    return {
+        "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        "labels": np.array(labels, dtype=np.int64),
+        "difficult": np.zeros(n, dtype=bool),
+        "iscrowd": np.zeros(n, dtype=bool),
+        "image_id": image_id,
+        "size": size,
+    }
+
+
+def image_sizes(paths: list, where: list, known: Optional[list] = None, skip_bad: bool = False) -> list:
+    """(h, w) per image: `known[i]` when its annotation says (the file must exist), else the image header
+    (read once per process, `cached_image_size`). A missing or unreadable image is a DataError naming
+    `where[i]` (the file and line that lists it); with `skip_bad` it is warned about and its size is None:
+    the reader leaves it out, as VOC and COCO readers skip an unreadable image."""
+    sizes = []
+    for i, path in enumerate(paths):
+        try:
+            if known is not None and known[i] is not None:
+                if not os.path.isfile(path):
+                    raise DataError(f"{path}: image file not found")
+                sizes.append(known[i])
+            else:
+                sizes.append(cached_image_size(path))
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(f"{where[i]}: {e}") from None
+            warn_once(path + ":bad", f"{where[i]}: {e}; skipped (skip_bad_images=True)")
+            sizes.append(None)
+    return sizes
+
+
+def path_ids(paths: list, base: str, source: str) -> list:
+    """Image ids for images named by path: the path relative to `base` without its extension, '/'-separated
+    (a flat folder gives the file stems, as VOC ids are). DataError naming `source` when two images share
+    one."""
+    ids = [os.path.splitext(os.path.relpath(p, base))[0].replace(os.sep, "/") for p in paths]
+    seen: dict = {}
+    for i, p in zip(ids, paths):
+        if i in seen:
+            raise DataError(f"{source}: images {seen[i]} and {p} have the same id {i!r} (the path without "
+                            "its extension); rename one")
+        seen[i] = p
+    return ids
+
+
+def named_record(image_id, rows: list, size: tuple, index: dict, skip_unknown: bool) -> dict:
+    """The record of an image from its rows [(where, xyxy box or None for "no object", class name)]."""
+    boxes, labels = [], []
+    for where, box, name in rows:
+        label = class_label(name, index, where, skip_unknown) if box is not None else None
+        if label is not None:
+            boxes.append(box)
+            labels.append(label)
+    return box_record(image_id, boxes, labels, size)
+
+
+def class_label(name: str, index: dict, where: str, skip_unknown: bool) -> Optional[int]:
+    """Label 1..K of class `name`, or None (warned) for an unknown class with `skip_unknown`."""
+    if name in index:
+        return index[name]
+    if not skip_unknown:
+        raise DataError(f"{where}: class {name!r} is not in classes {list(index)} (data.classes; or "
+                        "data.skip_unknown_classes=true to skip such boxes)")
+    warnings.warn(f"{where}: skipping object of unknown class {name!r}", stacklevel=3)
+    return None
 
 
 def clip_proposals(boxes: np.ndarray, size: tuple) -> np.ndarray:

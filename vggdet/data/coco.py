@@ -61,9 +61,7 @@ class COCODetection(DetectionDataset):
         self.image_paths = [os.path.join(root_images_dir, self.coco.imgs[i]["file_name"]) for i in ids]
         self._finish_init(ann_file)
         if train and skip_empty:
-            self._keep([i for i in range(len(ids)) if self._has_targets(i)])
-            if not len(self):
-                raise DataError(f"{ann_file}: none of its {len(ids)} images has a usable box to train on")
+            self.drop_background()
 
     def _record(self, image_id: int) -> dict:
         info = self.coco.imgs[image_id]
@@ -79,13 +77,3 @@ class COCODetection(DetectionDataset):
             "image_id": image_id,
             "size": (int(h), int(w)) if h and w else None,
         }
-
-    def _has_targets(self, i: int) -> bool:
-        return bool((~self.get_annotation(i)["iscrowd"]).any())
-
-    def _keep(self, idx: list) -> None:
-        anns = [self.get_annotation(i) for i in idx]
-        self.records = [self.records[i] for i in idx]
-        self.image_ids = [self.image_ids[i] for i in idx]
-        self.image_paths = [self.image_paths[i] for i in idx]
-        self._annotations = dict(enumerate(anns))

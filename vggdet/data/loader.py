@@ -1,4 +1,5 @@
-"""From config to batches: `build_dataset(cfg, split)` and `build_dataloader(cfg, split, ...)`.
+"""From config to batches: `check_data(cfg)` (fail early), `build_dataset(cfg, split)` and
+`build_dataloader(cfg, split, ...)`.
 
 The loader yields `(images, targets)`: images a list of uint8 [3, H, W] RGB tensors (the model converts
 to float; 4x less host->GPU traffic), targets a list of dicts with `boxes` float32 [N, 4] xyxy, `labels`
@@ -15,19 +16,61 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import Config
+from ..config import Config, DataConfig
 from .base import ConcatDetection
 from .coco import COCODetection
+from .csvfile import CSVDetection, csv_class_names
+from .errors import DataError
+from .labelme import LabelMeDetection, labelme_class_names
 from .proposals import load_proposals
 from .shapes import SHAPES_CLASSES, ensure_shapes
 from .transforms import build_transform
 from .voc import VOCDetection
+from .yolo import YOLODetection, find_yolo_yaml, load_yolo_yaml
 
-__all__ = ["build_dataset", "build_dataloader", "DetectionLoader", "GroupedBatchSampler", "collate"]
+__all__ = ["check_data", "build_dataset", "build_dataloader", "DetectionLoader", "GroupedBatchSampler",
+           "collate", "keep_background"]
+
+
+def check_data(cfg: Config) -> None:
+    """Fail early, in one line, when the configured data is not where the config says."""
+    d = cfg.data
+    if d.format == "shapes":
+        return  # generated on first use
+    paths, hint = _data_paths(d)
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"data not found: {missing[0]} (data.root={d.root!r} in {cfg.source}); "
+                        f"point the config at your copy with --set {hint}")
+    if d.format == "yolo":
+        load_yolo_yaml(paths[0])  # names and split folders / lists: a DataError naming the yaml
+
+
+def _data_paths(d: DataConfig) -> tuple:
+    """(paths that must exist, the --set hint) for the configured format."""
+    if d.format == "voc":
+        folders = [os.path.join(d.root, sub) for sub, _ in d.train_sets + d.test_sets]
+        return folders, "data.root=/path/to/VOCdevkit"
+    if d.format == "coco":
+        files = (d.train_images, d.train_ann, d.test_images, d.test_ann)
+        return [os.path.join(d.root, p) for p in files], "data.root=/path/to/coco"
+    if d.format == "yolo":
+        return [find_yolo_yaml(d.root)], "data.root=/path/to/data.yaml"
+    split = "train.csv" if d.format == "csv" else "train_json_folder"
+    return ([os.path.join(d.root, p) for p in (d.train_ann, d.test_ann)],
+            f"data.root=/path/to/dataset data.train_ann={split} data.test_ann=...")
+
+
+def keep_background(d: DataConfig) -> bool:
+    """data.keep_background, or the format's default when None (see DataConfig)."""
+    if d.keep_background is not None:
+        return d.keep_background
+    return not d.coco_skip_empty if d.format == "coco" else True
 
 
 def build_dataset(cfg: Config, split: str):
-    """split "train" (augmented) or "test" (no augmentation; COCO keeps every image)."""
+    """split "train" (augmented; background images dropped unless keep_background) or "test" (no
+    augmentation; every image)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     d, train = cfg.data, split == "train"
@@ -35,17 +78,44 @@ def build_dataset(cfg: Config, split: str):
     prop_file = d.proposals_file if train else (d.proposals_test_file or d.proposals_file)
     proposals = load_proposals(prop_file, d.proposals_top_n) if prop_file else None
     common = dict(skip_bad_images=d.skip_bad_images, transform=transform, proposals=proposals)
+    drop = train and not keep_background(d)
     if d.format == "coco":
         images, ann = (d.train_images, d.train_ann) if train else (d.test_images, d.test_ann)
         return COCODetection(os.path.join(d.root, images), os.path.join(d.root, ann), train=train,
-                             skip_empty=d.coco_skip_empty, **common)
-    voc = dict(use_difficult=d.use_difficult, skip_unknown_classes=d.skip_unknown_classes, **common)
+                             skip_empty=drop, **common)
+    common["skip_unknown_classes"] = d.skip_unknown_classes
+    if d.format == "voc" or d.format == "shapes":
+        parts = _voc_parts(d, train, common)
+    else:
+        parts = [_file_dataset(d, train, common)]
+    if drop:
+        for part in parts:
+            part.drop_background()
+    return parts[0] if len(parts) == 1 else ConcatDetection(parts)
+
+
+def _voc_parts(d: DataConfig, train: bool, common: dict) -> list:
+    common = dict(use_difficult=d.use_difficult, **common)
     if d.format == "shapes":
         ensure_shapes(d.root, d.shapes_num_train, d.shapes_num_test, d.shapes_size, d.shapes_seed)
-        return VOCDetection(d.root, "trainval" if train else "test", classes=SHAPES_CLASSES, **voc)
+        return [VOCDetection(d.root, "trainval" if train else "test", classes=SHAPES_CLASSES, **common)]
     sets = d.train_sets if train else d.test_sets
-    parts = [VOCDetection(os.path.join(d.root, sub), s, classes=d.classes, **voc) for sub, s in sets]
-    return parts[0] if len(parts) == 1 else ConcatDetection(parts)
+    return [VOCDetection(os.path.join(d.root, sub), s, classes=d.classes, **common) for sub, s in sets]
+
+
+def _file_dataset(d: DataConfig, train: bool, common: dict):
+    """YOLO (test split: the yaml's `test` when present, else `val`), CSV or LabelMe."""
+    classes = d.classes if isinstance(d.classes, list) else None  # None / "auto": named by the data
+    if d.format == "yolo":
+        yaml_path = find_yolo_yaml(d.root)
+        split = "train" if train else ("test" if "test" in load_yolo_yaml(yaml_path) else "val")
+        return YOLODetection(yaml_path, split, classes=classes, **common)
+    reader, names = ((CSVDetection, csv_class_names) if d.format == "csv"
+                     else (LabelMeDetection, labelme_class_names))
+    train_path = os.path.join(d.root, d.train_ann)
+    if classes is None and not train:  # the test split takes the train split's classes
+        classes = names(train_path)
+    return reader(train_path if train else os.path.join(d.root, d.test_ann), classes=classes, **common)
 
 
 def collate(batch: list) -> tuple:

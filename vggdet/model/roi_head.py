@@ -72,7 +72,9 @@ class RoIHead(nn.Module):
         for props, tgt in zip(proposals, targets):
             gt, gt_labels = tgt["boxes"], tgt["labels"]
             props = torch.cat([props, gt.to(props.dtype)])
-            fgbg, idx = match(props, gt, self.fg_iou, self.bg_iou_hi, self.bg_iou_lo)
+            # A background image (no GT) gives pure negatives whatever bg_iou_lo: that bound keeps negatives
+            # near some object, and there is none; with it, a background image would teach the head nothing.
+            fgbg, idx = match(props, gt, self.fg_iou, self.bg_iou_hi, self.bg_iou_lo if gt.numel() else 0.0)
             fg, bg = sample_balanced(fgbg, self.batch_size_per_image, self.fg_fraction)
             keep = torch.cat([fg, bg])
             lab = torch.zeros(keep.numel(), dtype=torch.int64, device=props.device)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from vggdet import distributed as ddp
 from vggdet.config import Config, ConfigError
-from vggdet.data import DataError, build_dataloader, build_dataset
+from vggdet.data import build_dataloader, build_dataset, check_data
 from vggdet.errors import Interrupted, TrainingError
 from vggdet.evaluation import format_table
 from vggdet.fileio import atomic_write, write_json
@@ -32,23 +32,6 @@ from vggdet.model.detector import build_detector
 from vggdet.runtime import amp_dtype, autocast, resolve_device
 from vggdet.training.checkpoint import CheckpointDir, load_model_state, make_checkpoint
 from vggdet.training.logger import RunLogger
-
-
-def check_data(cfg: Config) -> None:
-    """Fail early, in one line, when the configured data is not where the config says."""
-    d = cfg.data
-    if d.format == "shapes":
-        return  # generated on first use
-    if d.format == "voc":
-        paths = [os.path.join(d.root, sub) for sub, _ in d.train_sets + d.test_sets]
-        hint = "data.root=/path/to/VOCdevkit"
-    else:
-        paths = [os.path.join(d.root, p) for p in (d.train_images, d.train_ann, d.test_images, d.test_ann)]
-        hint = "data.root=/path/to/coco"
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise DataError(f"data not found: {missing[0]} (data.root={d.root!r} in {cfg.source}); "
-                        f"point the config at your copy with --set {hint}")
 
 
 @dataclass
