@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,10 +21,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vggdet.fileio import atomic_path, write_json
+from vggdet.fileio import atomic_path
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "detections_to_json", "detection_record", "coco_rows",
-           "write_image_results", "write_image", "safe_output", "predict_timed"]
+           "ResultsWriter", "write_image_results", "encode_image", "write_image", "write_encoded", "safe_output",
+           "predict_timed"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -107,27 +109,79 @@ def coco_rows(path: str, det: dict, width: int, height: int) -> list:
             for x1, y1, x2, y2 in [d["box"]]]
 
 
+class ResultsWriter:
+    """`out_dir/detections.jsonl` (and, with `coco`, `out_dir/detections_coco.json`) written one image at a time
+    in the order of the `add` calls, into temp files renamed by `close()`: the bytes `write_image_results`
+    writes, without holding every record (a Ray run over millions of images). Used as a context manager, an
+    exception leaves no file behind."""
+
+    def __init__(self, out_dir: str, coco: bool = False):
+        self.paths = [os.path.join(out_dir, "detections.jsonl")]
+        if coco:
+            self.paths.append(os.path.join(out_dir, "detections_coco.json"))
+        with ExitStack() as stack:  # a failure while opening removes the temp files made so far
+            tmps = [stack.enter_context(atomic_path(p)) for p in self.paths]
+            self._files = [stack.enter_context(open(t, "w", encoding="utf-8")) for t in tmps]
+            self._stack = stack.pop_all()
+        self._coco_rows = 0
+        if coco:
+            self._files[1].write("[")
+
+    def add(self, record: dict, coco: Optional[list] = None) -> None:
+        """One image: its detections.jsonl record and (when the writer has a COCO file) its COCO rows."""
+        self._files[0].write(json.dumps(record) + "\n")
+        if len(self._files) > 1:
+            for row in coco or []:  # json.dumps of the whole list writes ", " between rows
+                self._files[1].write((", " if self._coco_rows else "") + json.dumps(row))
+                self._coco_rows += 1
+
+    def close(self) -> list:
+        """Finish the files and give them their final names; returns their paths."""
+        if len(self._files) > 1:
+            self._files[1].write("]")
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+        self._stack.close()  # closes the files, then renames each temp file (in reverse order of opening)
+        return self.paths
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the temp files are deleted, nothing appears under a final name
+            self._stack.__exit__(exc_type, exc, tb)
+
+
 def write_image_results(out_dir: str, records: list, coco: Optional[list] = None) -> list:
     """`out_dir/detections.jsonl` (one record a line, in the given order) and, when `coco` (each record's
     rows) is given, `out_dir/detections_coco.json`, each written atomically; returns their paths."""
-    jsonl = os.path.join(out_dir, "detections.jsonl")
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    if coco is None:
-        return [jsonl]
-    write_json(os.path.join(out_dir, "detections_coco.json"), [row for rows in coco for row in rows], indent=None)
-    return [jsonl, os.path.join(out_dir, "detections_coco.json")]
+    with ResultsWriter(out_dir, coco is not None) as writer:
+        for k, record in enumerate(records):
+            writer.add(record, coco[k] if coco is not None else None)
+    return writer.paths
 
 
-def write_image(path: str, image_rgb: np.ndarray) -> None:
-    """Encode by the file's extension (JPEG for an unknown one) and write atomically."""
+def encode_image(path: str, image_rgb: np.ndarray) -> bytes:
+    """An RGB image encoded by `path`'s extension (JPEG for an unknown one), as `write_image` writes it."""
     ext = os.path.splitext(path)[1].lower()
     ok, buf = cv2.imencode(ext if ext in IMAGE_EXTS else ".jpg", image_rgb[:, :, ::-1])
     if not ok:
         raise OSError(f"{path}: cannot encode image")
-    with atomic_path(path) as tmp:
-        buf.tofile(tmp)
+    return buf.tobytes()
+
+
+def write_image(path: str, image_rgb: np.ndarray) -> None:
+    """Encode by the file's extension (JPEG for an unknown one) and write atomically."""
+    write_encoded(path, encode_image(path, image_rgb))
+
+
+def write_encoded(path: str, data: bytes) -> None:
+    """Write an encoded image (from `encode_image`) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def safe_output(out_dir: str, name: str, source: str) -> str:
