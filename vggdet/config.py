@@ -223,6 +223,9 @@ class RuntimeConfig:
     winograd_tune: bool = True
     # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
     score_thresh: Optional[float] = None
+    # CPU threads of a predictor (torch's intra-op threads, onnxruntime's intra_op_num_threads); None = the
+    # library's default (one per core). A Ray worker with --worker-cpus C sets it to C.
+    threads: Optional[int] = None
 
 
 @dataclass

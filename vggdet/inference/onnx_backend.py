@@ -22,7 +22,7 @@ class OnnxModelError(ValueError):
     """An .onnx file that cannot be used: unreadable, not a vggdet export, or no runtime to run it."""
 
 
-def _session(path: str, device: Optional[str]):
+def _session(path: str, device: Optional[str], threads: Optional[int] = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -44,7 +44,10 @@ def _session(path: str, device: Optional[str]):
     else:
         raise ValueError(f"--device {device}: not a device for onnxruntime (auto, cpu, cuda or cuda:N)")
     try:
-        return ort.InferenceSession(path, providers=providers), device
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        return ort.InferenceSession(path, options, providers=providers), device
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxModelError(f"{path}: not a readable ONNX model ({first})") from None
@@ -64,6 +67,12 @@ def _check_int8_device(path: str, device: str) -> None:
                              "float32; use the float32 export (tools/export.py)")
 
 
+def _override(overrides: Optional[list], key: str) -> Optional[str]:
+    """The value of the last `key=value` item for `key` (needed before the session, which holds the config)."""
+    values = [o.split("=", 1)[1].strip() for o in overrides or [] if o.split("=", 1)[0].strip() == key]
+    return values[-1] if values else None
+
+
 class OnnxPredictor(Predictor):
     """A vggdet export in onnxruntime. `overrides`: `key=value` items for data.* / test.* (e.g. the dataset
     root for tools/test_det.py) and runtime.score_thresh (a stricter cut-off than the export's); model.* is
@@ -75,9 +84,9 @@ class OnnxPredictor(Predictor):
     def __init__(self, path: str, device: Optional[str] = None, overrides: Optional[list] = None):
         self.path = self.source = path
         if device is None:  # runtime.device=... among the overrides (tools pass --device that way)
-            device = next((o.split("=", 1)[1].strip() for o in overrides or [] if o.startswith("runtime.device=")),
-                          None)
-        self.session, self.device = _session(path, device)
+            device = _override(overrides, "runtime.device")
+        threads = _override(overrides, "runtime.threads")  # a bad value is named by _apply's config check
+        self.session, self.device = _session(path, device, int(threads) if (threads or "").isdigit() else None)
         meta = self.session.get_modelmeta().custom_metadata_map
         if "vggdet_format" not in meta:
             raise OnnxModelError(f"{path}: not a vggdet export (no vggdet metadata); write one with "
@@ -99,7 +108,8 @@ class OnnxPredictor(Predictor):
         for item in overrides:
             key = item.split("=", 1)[0].strip()
             if key.startswith("model.") or key.startswith("test.tta") or (
-                    key.startswith("runtime.") and key not in ("runtime.score_thresh", "runtime.device")):
+                    key.startswith("runtime.") and key not in ("runtime.score_thresh", "runtime.device",
+                                                               "runtime.threads")):
                 raise ConfigError(f"{self.path}: {key} is fixed in an ONNX export (test-time augmentation, the "
                                   "model and its numerics are part of the graph); re-export from the checkpoint")
         apply_overrides(self.config, overrides)

@@ -46,6 +46,8 @@ class TorchPredictor(Predictor):
         # under torchrun each process takes the GPU of its LOCAL_RANK
         self.device = ddp.local_device(resolve_device(device if device is not None else runtime.device if runtime
                                                       else None))
+        if runtime is not None and runtime.threads:
+            torch.set_num_threads(runtime.threads)  # per process: before the Winograd timing, which depends on it
         if dtype == "config":
             dtype = inference_dtype(config, self.device) if config is not None else None
         self.dtype = dtype
