@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -16,13 +17,15 @@ __all__ = ["read_image", "read_image_size", "cached_image_size", "decode_image",
 _FLAGS = cv2.IMREAD_IGNORE_ORIENTATION | cv2.IMREAD_UNCHANGED
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode `path` (JPEG, PNG, ...) into a uint8 [H, W, 3] RGB array; DataError if it cannot be read."""
+def read_image(path: str, name: Optional[str] = None) -> np.ndarray:
+    """Decode `path` (JPEG, PNG, ...) into a uint8 [H, W, 3] RGB array; DataError naming `name` (default:
+    `path`) if it cannot be read."""
+    name = path if name is None else name
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
-        raise DataError(f"{path}: image file not found or unreadable") from None
-    return decode_image(data, path)
+        raise DataError(f"{name}: image file not found or unreadable") from None
+    return decode_image(data, name)
 
 
 def decode_image(data, name: str = "image") -> np.ndarray:

@@ -1,7 +1,7 @@
-"""The image runner: find the inputs (files, folders, globs), run a predictor over them in batches with the
-next batch decoded while the model runs, and write annotated copies and `detections.jsonl`; `run_inputs`
-spreads images and videos over the processes of a torchrun launch and writes one `detections.jsonl` in
-input order.
+"""The image runner: find the inputs (files, folders, globs, list files), run a predictor over them in batches
+with the next batch decoded while the model runs, and write annotated copies and `detections.jsonl`;
+`run_inputs` spreads images and videos over the processes of a torchrun launch and writes one
+`detections.jsonl` in input order.
 
 Outputs go to one folder (`out_dir`): an annotated copy per image (at its path relative to the inputs'
 common folder, so two inputs with the same basename never clash) and `detections.jsonl`, one record per
@@ -35,8 +35,10 @@ from vggdet.inference.outputs import (
     write_image_results,
 )
 
-__all__ = ["collect_inputs", "output_names", "run_images", "run_inputs", "IMAGE_EXTS", "VIDEO_EXTS",
-           "InferenceStats"]
+__all__ = ["collect_inputs", "read_list_file", "is_uri", "output_names", "run_images", "run_inputs", "IMAGE_EXTS",
+           "VIDEO_EXTS", "LIST_EXTS", "InferenceStats"]
+
+LIST_EXTS = (".txt",)  # an input file with this extension lists images, one path or URI a line
 
 
 # ---------------------------------------------------------------------------------------- input discovery
@@ -53,8 +55,25 @@ def _walk(folder: str, skip: frozenset = frozenset()) -> list:
     return found
 
 
+def is_uri(path: str) -> bool:
+    """True for `scheme://...` (s3://, gs://, hdfs://, file://): read through a pyarrow filesystem (--ray)."""
+    return "://" in path
+
+
+def read_list_file(path: str) -> list:
+    """The images a list file names, one path or URI a line (blank lines and `#` comments skipped); a
+    relative path is relative to the list file's folder. Entries are not checked here: one that cannot be
+    read fails when it is, naming itself."""
+    folder = os.path.dirname(path)
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    return [line if is_uri(line) or os.path.isabs(line) else os.path.join(folder, line)
+            for line in lines if line and not line.startswith("#")]
+
+
 def collect_inputs(patterns: list, skip: Optional[str] = None) -> tuple:
-    """Image files, folders (recursive, by extension), glob patterns and video files -> (images, videos, missing).
+    """Image files, folders (recursive, by extension), glob patterns, video files and list files (`*.txt`, see
+    `read_list_file`) -> (images, videos, missing).
 
     `images` and `videos` are de-duplicated paths in input order; `missing` lists the patterns that matched no
     image or video. A file named explicitly is a video by its extension and an image otherwise (it fails
@@ -65,7 +84,7 @@ def collect_inputs(patterns: list, skip: Optional[str] = None) -> tuple:
     avoid = frozenset([os.path.realpath(skip)]) if skip else frozenset()
     for pattern in patterns:
         if os.path.isfile(pattern):
-            found = [pattern]
+            found = read_list_file(pattern) if pattern.lower().endswith(LIST_EXTS) else [pattern]
         elif os.path.isdir(pattern):
             found = _walk(pattern, avoid)
         else:
@@ -77,7 +96,7 @@ def collect_inputs(patterns: list, skip: Optional[str] = None) -> tuple:
         if not found:
             missing.append(pattern)
         for path in found:
-            key = os.path.realpath(path)
+            key = path if is_uri(path) else os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 (videos if _kind(path) == "video" else images).append(path)
@@ -93,16 +112,24 @@ def output_names(paths: list, strip_ext: bool = False, reserved: tuple = ()) -> 
     """
     if not paths:
         return {}
-    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    dirs = [os.path.dirname(_absolute(p)) for p in paths]
     try:
         common = os.path.commonpath(dirs)
     except ValueError:  # different drives (Windows): fall back to basenames, clashes suffixed below
         common = None
     names, used = {}, {r.lower() for r in reserved}
     for p in paths:
-        name = os.path.relpath(os.path.abspath(p), common) if common else os.path.basename(p)
+        name = os.path.relpath(_absolute(p), common) if common else os.path.basename(p)
         names[p] = _unique(os.path.splitext(name)[0] if strip_ext else name, used)
     return names
+
+
+def _absolute(path: str) -> str:
+    """An absolute path; a URI as the folders /<scheme>/<bucket>/... (s3://b/x.jpg -> /s3/b/x.jpg)."""
+    if is_uri(path):
+        scheme, rest = path.split("://", 1)
+        return os.path.join(os.sep, scheme, *rest.split("/"))
+    return os.path.abspath(path)
 
 
 def _unique(name: str, used: set) -> str:
