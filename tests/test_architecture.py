@@ -71,7 +71,7 @@ def test_imports_run_one_way():
                                              "vggdet.inference.video", "vggdet.inference.onnx_backend")) == []
     assert _offenders(g, "vggdet.deploy", ("vggdet.training.trainer", "vggdet.cli")) == []
     # the runners take a predictor and never ask which backend it is
-    for runner in ("images", "video", "outputs", "draw", "dataset"):
+    for runner in ("images", "video", "outputs", "draw", "dataset", "ray_data"):
         assert _offenders(g, f"vggdet.inference.{runner}", ("vggdet.inference.torch_backend",
                                                             "vggdet.inference.onnx_backend")) == [], runner
     # CLI modules import the library, never each other (the shared wrapper is vggdet/cli/__init__.py)
@@ -85,6 +85,22 @@ def test_imports_run_one_way():
     functions = [n.name for p in (ROOT / "vggdet").rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
                  if isinstance(n, ast.FunctionDef)]
     assert len(functions) > 100 and not [f for f in functions if f.startswith("test_")]
+
+
+def test_only_the_ray_runner_imports_ray():
+    """Ray is an extra (`pip install 'vggdet[ray]'`): one module imports it, and only inside its functions, so
+    importing that module (or anything else in vggdet) never needs Ray."""
+    users = {}
+    for path in (ROOT / "vggdet").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                users.setdefault(str(path.relative_to(ROOT)), []).append(node)
+    assert sorted(users) == ["vggdet/inference/ray_data.py"], sorted(users)
+    top_level = ast.parse((ROOT / "vggdet" / "inference" / "ray_data.py").read_text()).body
+    assert not [n for n in top_level if n in users["vggdet/inference/ray_data.py"]]
 
 
 def test_moved_modules_import_for_one_version_with_a_warning():

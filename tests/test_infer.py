@@ -407,3 +407,21 @@ def test_rerun_skips_its_own_output_folder_inside_the_inputs(env, tmp_path):
     assert len(_jsonl(out / "detections.jsonl")) == 3
     images, _, _ = collect_inputs([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "**" / "*.jpg")], skip=str(out))
     assert not [p for p in images if "annotated" in p] and len(images) == 4
+
+
+def test_list_files_name_images_relative_to_the_list(env, tmp_path, capsys):
+    d, _ = env
+    (tmp_path / "list.txt").write_text(f"# images\n{d / 'imgs' / 'a.jpg'}\n\nrel/x.png\n{d / 'imgs' / 'a.jpg'}\n"
+                                       "s3://bucket/y.jpg\n")
+    images, videos, missing = collect_inputs([str(tmp_path / "list.txt"), str(d / "imgs" / "gray.png")])
+    assert images == [str(d / "imgs" / "a.jpg"), str(tmp_path / "rel" / "x.png"), "s3://bucket/y.jpg",
+                      str(d / "imgs" / "gray.png")] and not videos and not missing
+    assert output_names(["s3://bucket/a/y.jpg", "s3://bucket/b/y.jpg"]) == \
+        {"s3://bucket/a/y.jpg": "a/y.jpg", "s3://bucket/b/y.jpg": "b/y.jpg"}
+    # a URI is read through pyarrow's filesystems on Ray only; a listed file that is not there fails by name
+    code, _, err = _main_in_process(capsys, str(d / "full.pt"), str(tmp_path / "list.txt"), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1 and "s3://bucket/y.jpg: a URI" in err and "--ray" in err
+    (tmp_path / "local.txt").write_text(f"{d / 'imgs' / 'a.jpg'}\nmissing.jpg\n")
+    code, out, err = _main_in_process(capsys, str(d / "full.pt"), str(tmp_path / "local.txt"), "--out",
+                                      str(tmp_path / "o"), "--no-draw")
+    assert code == 1 and "images: 1 " in out and f"{tmp_path / 'missing.jpg'}: image file not found" in err

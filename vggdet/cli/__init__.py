@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import warnings
 from typing import Callable, Optional
@@ -16,7 +17,8 @@ from typing import Callable, Optional
 from vggdet.errors import Interrupted
 
 __all__ = ["command", "prog", "split_set_items", "add_set_argument", "add_runtime_arguments", "runtime_overrides",
-           "add_results_arguments", "voc_classes_argument", "print_evaluation"]
+           "add_ray_arguments", "check_ray_arguments", "ray_workers", "add_results_arguments", "voc_classes_argument",
+           "print_evaluation"]
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
@@ -110,6 +112,44 @@ def runtime_overrides(args: argparse.Namespace) -> list:
     return out + list(getattr(args, "set", []))
 
 
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    """--ray [local|ADDRESS], --workers, --worker-cpus, --worker-gpus: the model on a Ray actor pool
+    (vggdet/inference/ray_data.py), the same for infer and test_det."""
+    g = p.add_argument_group("Ray (pip install 'vggdet[ray]'; docs/scaling.md)")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|ADDRESS",
+                   help="run the model on Ray Data: 'local' (the default) starts Ray on this machine, ADDRESS joins "
+                        "a cluster (auto, HOST:PORT of `ray start --head`, ray://HOST:10001)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="actors, each with its own predictor (default: as many as the cluster's CPUs / GPUs hold)")
+    g.add_argument("--worker-cpus", type=float, default=1.0, metavar="C",
+                   help="CPUs per actor, also its model's threads (default 1)")
+    g.add_argument("--worker-gpus", type=float, default=0.0, metavar="G",
+                   help="GPUs per actor (0.5: two share one); > 0 runs the model on CUDA (default 0)")
+
+
+def check_ray_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    given = [f for f, v in (("--workers", a.workers is not None), ("--worker-cpus", a.worker_cpus != 1.0),
+                            ("--worker-gpus", a.worker_gpus != 0.0)) if v]
+    if a.ray is None and given:
+        p.error(f"{given[0]} needs --ray")
+    if a.ray is not None and not re.fullmatch(r"local|auto|ray://\S+|[^/\s]+:\d+", a.ray):
+        p.error(f"--ray {a.ray}: not local, auto, HOST:PORT or ray://HOST:PORT (write --ray local, or put --ray "
+                "after the inputs)")
+    if a.workers is not None and a.workers < 1:
+        p.error("--workers must be >= 1")
+    if a.worker_cpus <= 0 or a.worker_gpus < 0:
+        p.error("--worker-cpus must be > 0 and --worker-gpus >= 0")
+    device = getattr(a, "device", None)
+    if a.ray is not None and device not in (None, "auto") and device.startswith("cuda") != (a.worker_gpus > 0):
+        p.error(f"--device {device} with --ray: the workers' device follows --worker-gpus (> 0: cuda, 0: cpu)")
+
+
+def ray_workers(a: argparse.Namespace):
+    from vggdet.inference.ray_data import Workers
+
+    return Workers(a.workers, a.worker_cpus, a.worker_gpus)
+
+
 def add_results_arguments(p: argparse.ArgumentParser) -> None:
     """Ground truth and results, the same for eval_det and analyze_det: --voc-root | --coco-ann, --results,
     --split, --classes."""
@@ -130,17 +170,25 @@ def voc_classes_argument(text: Optional[str]):
     return [c.strip() for c in text.split(",")]
 
 
-def print_evaluation(path: str, config: Optional[str], overrides: list, out: str, analysis: bool = False) -> int:
+def print_evaluation(path: str, config: Optional[str], overrides: list, out: str, analysis: bool = False,
+                     ray: Optional[argparse.Namespace] = None) -> int:
     """Evaluate a model file on its test split; print the table (and the analysis summary); the results
     files and metrics.json go to `out`, the report to `out`/report (tools/test_det.py, and train_det.py's
-    deprecated --eval-only)."""
+    deprecated --eval-only). `ray`: the parsed --ray arguments, to predict on a Ray actor pool."""
     import os
 
     from vggdet.evaluation import format_table, tide_summary
-    from vggdet.inference.dataset import evaluate_file
 
     report_dir = os.path.join(out, "report") if analysis else None
-    result = evaluate_file(path, config, overrides, results_dir=out, analysis_dir=report_dir)
+    if ray is not None:
+        from vggdet.inference.ray_data import evaluate_file_on_ray, ray_session
+
+        with ray_session(ray.ray):
+            result = evaluate_file_on_ray(path, config, overrides, out, report_dir, ray_workers(ray))
+    else:
+        from vggdet.inference.dataset import evaluate_file
+
+        result = evaluate_file(path, config, overrides, results_dir=out, analysis_dir=report_dir)
     if result is None:  # not the main process of several
         return 0
     print(format_table(result.metrics))

@@ -3,11 +3,15 @@
 python tools/infer.py [CONFIG] CHECKPOINT INPUT [INPUT ...] [--out DIR] [--score-thr 0.5]
        [--device auto|cuda|cpu] [--amp] [--batch N] [--every N] [--start-frame K] [--max-frames N]
        [--no-draw] [--classes a,b] [--camera 0] [--set k=v ...]
+       [--ray [local|ADDRESS] [--workers N] [--worker-cpus C] [--worker-gpus G]]
 
 CONFIG (a .py file) is needed only for a bare state_dict checkpoint; checkpoints from tools/train_det.py
-embed theirs. Images -> DIR/<relative path> (annotated) and DIR/detections.jsonl; a video -> DIR/<name>.mp4
-and DIR/<name>.jsonl (one line per frame). Exit status: 0 ok, 1 some input failed, 2 bad arguments,
-config or checkpoint (or nothing to do), 130 interrupted. Also installed as `vggdet-infer`.
+embed theirs. INPUT: image files, folders, globs, videos, or a .txt file listing one image path or URI a
+line. Images -> DIR/<relative path> (annotated) and DIR/detections.jsonl; a video -> DIR/<name>.mp4 and
+DIR/<name>.jsonl (one line per frame). --ray runs the images on Ray Data (a local Ray instance, or the
+cluster at ADDRESS) with the same outputs; URIs (s3://...) need it. Exit status: 0 ok, 1 some input
+failed, 2 bad arguments, config or checkpoint (or nothing to do), 130 interrupted. Also installed as
+`vggdet-infer`.
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ import sys
 from typing import Optional
 
 from vggdet.cli import (
+    add_ray_arguments,
     add_runtime_arguments,
     add_set_argument,
+    check_ray_arguments,
     command,
     prog,
+    ray_workers,
     runtime_overrides,
     split_set_items,
 )
@@ -44,6 +51,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: add the flipped image "
                    "(and test.tta.scales, e.g. --set 'test.tta.scales=[480,720]'); merged by per-class NMS")
     add_runtime_arguments(p)
+    add_ray_arguments(p)
     add_set_argument(p)
     a = p.parse_args(split_set_items(argv))
     a.config = a.paths.pop(0) if a.paths and a.paths[0].endswith(".py") else None
@@ -57,6 +65,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         p.error("--start-frame must be >= 0 and --max-frames >= 1")
     if not 0.0 <= a.score_thr <= 1.0:
         p.error(f"--score-thr must be in [0, 1] (scores are probabilities), got {a.score_thr}")
+    check_ray_arguments(p, a)
+    if a.ray is not None and a.camera is not None:
+        p.error("--camera runs in one process; drop --ray")
     return a
 
 
@@ -73,7 +84,10 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: no image or video matches {pattern!r}", file=sys.stderr)
     if not images and not videos and a.camera is None:
         return 2
+    _check_inputs(a, images, videos)
     ensure_writable(a.out)  # before the model loads: a bad --out fails in a second, not after minutes
+    if a.ray is not None:
+        return _report(_run_on_ray(a, images), len(missing))
     predictor = _predictor(a)
     try:
         keep = predictor.class_filter(a.classes)
@@ -90,24 +104,64 @@ def main(argv: Optional[list] = None) -> int:
         ddp.cleanup()
     if stats is None:  # not the main process of several
         return 0
-    print(stats.summary(predictor.classes, os.path.abspath(a.out)))
+    return _report((stats, predictor.classes, a.out), len(missing))
+
+
+def _report(run: tuple, missing: int) -> int:
+    """Print the summary of (stats, classes, out); the exit status."""
+    stats, classes, out = run
+    print(stats.summary(classes, os.path.abspath(out)))
     if stats.interrupted:
         print(stats.interrupted, file=sys.stderr)
         return 130
-    failed = len(stats.failed) + len(missing)
+    failed = len(stats.failed) + missing
     if failed:
         print(f"{failed} input(s) failed (see the errors above)", file=sys.stderr)
     return 1 if failed else 0
 
 
+def _check_inputs(a: argparse.Namespace, images: list, videos: list) -> None:
+    from vggdet.inference.images import is_uri
+
+    if a.ray is not None and videos:
+        raise ValueError(f"{videos[0]}: --ray runs images; run videos without --ray")
+    uris = [p for p in images if is_uri(p)]
+    if a.ray is None and uris:
+        raise ValueError(f"{uris[0]}: a URI; images on an object store are read with --ray (pyarrow filesystems)")
+
+
+def _overrides(a: argparse.Namespace) -> list:
+    # the model's own cut-off, so it skips less work; the user's --set items still win
+    return [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
+        + runtime_overrides(a)
+
+
 def _predictor(a: argparse.Namespace):
     from vggdet.inference import load_predictor
 
-    # the model's own cut-off, so it skips less work; the user's --set items still win
-    overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
-        + runtime_overrides(a)
-    predictor = load_predictor(a.checkpoint, config=a.config, overrides=overrides)
-    if predictor.config.model.proposals != "rpn":
-        raise ValueError(f"{a.checkpoint}: model.proposals={predictor.config.model.proposals!r}; "
-                         "inference needs a model with an RPN")
+    predictor = load_predictor(a.checkpoint, config=a.config, overrides=_overrides(a))
+    _check_rpn(a.checkpoint, predictor.config)
     return predictor
+
+
+def _check_rpn(path: str, cfg) -> None:
+    if cfg.model.proposals != "rpn":
+        raise ValueError(f"{path}: model.proposals={cfg.model.proposals!r}; inference needs a model with an RPN")
+
+
+def _run_on_ray(a: argparse.Namespace, images: list) -> tuple:
+    """The images on a Ray actor pool (vggdet/inference/ray_data.py) -> (stats, classes, out)."""
+    from vggdet.inference.base import class_filter
+    from vggdet.inference.ray_data import PredictorFactory, ray_session, run_images_on_ray
+
+    factory = PredictorFactory(a.checkpoint, a.config, tuple(_overrides(a)))
+    with ray_session(a.ray):
+        cfg, classes = factory.describe()  # a bad model file: one line before any actor starts
+        _check_rpn(a.checkpoint, cfg)
+        try:
+            keep = class_filter(classes, a.classes)
+        except ValueError as e:
+            raise ValueError(f"--classes: {e}") from None
+        stats = run_images_on_ray(factory, images, a.out, ray_workers(a), score_thr=a.score_thr, keep=keep,
+                                  batch=a.batch, draw=not a.no_draw, coco=a.format == "coco")
+    return stats, classes, a.out

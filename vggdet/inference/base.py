@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 __all__ = ["Predictor", "load_predictor", "is_onnx_file", "filter_detections", "groups_by_size", "rgb_input",
-           "empty_detections"]
+           "empty_detections", "class_filter"]
 
 
 def is_onnx_file(path: str) -> bool:
@@ -56,6 +56,18 @@ def rgb_input(image):
     if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}")
     return image
+
+
+def class_filter(classes: list, names: Optional[Union[set, frozenset, list, str]]) -> Optional[frozenset]:
+    """Class names to keep ("a,b" or a collection) -> a frozenset, checked against `classes` (None: keep all)."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [c.strip() for c in names.split(",") if c.strip()]
+    unknown = [c for c in names if c not in classes]
+    if unknown:
+        raise ValueError(f"unknown class name(s) {', '.join(unknown)} (known: {', '.join(classes)})")
+    return frozenset(names)
 
 
 def groups_by_size(sizes: Sequence) -> list:
@@ -146,14 +158,7 @@ class Predictor:
 
     def class_filter(self, names: Optional[Union[set, frozenset, list, str]]) -> Optional[frozenset]:
         """Class names to keep -> a frozenset, checked against the model's classes (None: keep all)."""
-        if names is None:
-            return None
-        if isinstance(names, str):
-            names = [c.strip() for c in names.split(",") if c.strip()]
-        unknown = [c for c in names if c not in self.classes]
-        if unknown:
-            raise ValueError(f"unknown class name(s) {', '.join(unknown)} (known: {', '.join(self.classes)})")
-        return frozenset(names)
+        return class_filter(self.classes, names)
 
     def warn_below_cutoff(self, asked: float) -> None:
         """Once per predictor: a threshold below the model's own cut-off cannot bring back what it dropped."""

@@ -3,7 +3,8 @@
 What training's periodic evaluation and tools/test_det.py share, for every backend alike:
 `predict_dataset` (predictor -> detections in dataset order, sharded across ranks under torchrun),
 `evaluate_predictor` (+ metrics, results files and, when asked, the error analysis of the detections in
-memory) and `evaluate_checkpoint` (a model file on its config's test split).
+memory: `score_detections`, which tools/test_det.py --ray shares) and `evaluate_checkpoint` (a model file on
+its config's test split).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from vggdet.evaluation import evaluate
 from vggdet.fileio import write_json
 from vggdet.inference.base import Predictor, empty_detections, is_onnx_file, load_predictor
 
-__all__ = ["Evaluation", "predict_dataset", "evaluate_predictor", "evaluate_checkpoint", "evaluate_file"]
+__all__ = ["Evaluation", "predict_dataset", "evaluate_predictor", "score_detections", "evaluate_checkpoint",
+           "evaluate_file", "write_metrics"]
 
 
 @dataclass
@@ -70,13 +72,20 @@ def evaluate_predictor(predictor: Predictor, loader=None, results_dir: Optional[
     dets = predict_dataset(predictor, loader, progress)
     if dets is None:
         return None
-    metrics = evaluate(loader.dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh,
-                       out_dir=results_dir)
-    result = Evaluation(metrics, loader.dataset, dets)
+    return score_detections(cfg, loader.dataset, dets, results_dir, analysis_dir, progress)
+
+
+def score_detections(cfg, dataset, dets: list, results_dir: Optional[str] = None,
+                     analysis_dir: Optional[str] = None, progress: bool = True) -> Evaluation:
+    """The Evaluation of `dets` (numpy dicts in dataset order) by `cfg.test`'s metric; `results_dir`: the
+    results files; `analysis_dir`: also the error analysis. However the detections were made (one process,
+    torchrun, Ray: vggdet/inference/ray_data.py)."""
+    metrics = evaluate(dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh, out_dir=results_dir)
+    result = Evaluation(metrics, dataset, dets)
     if analysis_dir is not None:
         from vggdet.evaluation.report import analyze_dataset
 
-        result.analysis = analyze_dataset(loader.dataset, dets, analysis_dir, progress=progress)
+        result.analysis = analyze_dataset(dataset, dets, analysis_dir, progress=progress)
     return result
 
 
@@ -101,5 +110,10 @@ def evaluate_file(path: str, config: Optional[str] = None, overrides: Optional[l
     finally:
         ddp.cleanup()
     if result is not None and results_dir is not None:
-        write_json(os.path.join(results_dir, "metrics.json"), {**result.metrics, "checkpoint": path})
+        write_metrics(results_dir, result, path)
     return result
+
+
+def write_metrics(results_dir: str, result: Evaluation, path: str) -> None:
+    """`results_dir/metrics.json`: the metrics and the model file's path."""
+    write_json(os.path.join(results_dir, "metrics.json"), {**result.metrics, "checkpoint": path})

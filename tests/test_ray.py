@@ -1,0 +1,206 @@
+"""Inference on Ray Data (vggdet/inference/ray_data.py) on a small local Ray instance: the same outputs as one
+process, test_det's mAP, a killed actor, an address where no cluster listens, input order."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import LEGACY, LEGACY_EXPECTED, free_port, one_line, run_tool
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+from vggdet.inference.ray_data import InOrder, PredictorFactory, Workers, run_images_on_ray  # noqa: E402
+
+LOW = ["--score-thr", "0"]  # the random tiny model scores ~1/3: keep everything
+# The actors run 1 thread each (--worker-cpus 1): so does the one-process run they are compared with, and the
+# Winograd choice is the fixed rule (not a timing per process), so both run the same arithmetic.
+SAME = ["runtime.threads=1", "runtime.winograd_tune=false"]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    """One small Ray instance for the module (2 CPUs, 150 MB object store, no dashboard), started in this
+    process; the tools join it by its address. Its workers inherit this process's environment."""
+    ctx = ray.init(num_cpus=2, object_store_memory=150 << 20, include_dashboard=False, log_to_driver=False,
+                   logging_level="warning", _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    try:
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, small_shapes, bccd_root) -> Path:
+    """imgs/: shapes (128 px), a gray PNG, a corrupt JPEG; list.txt: BCCD images (640x480, absolute paths)
+    and a relative path."""
+    d = tmp_path_factory.mktemp("ray_inputs")
+    shutil.copytree(Path(small_shapes) / "JPEGImages", d / "imgs")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(d / "imgs" / "gray.png"), rng.integers(0, 255, (100, 140), dtype=np.uint8))
+    (d / "imgs" / "bad.jpg").write_bytes(b"not a jpeg at all" * 20)
+    (d / "more").mkdir()
+    cv2.imwrite(str(d / "more" / "wide.png"), rng.integers(0, 255, (90, 200, 3), dtype=np.uint8))
+    bccd = sorted((bccd_root / "JPEGImages").glob("*.jpg"))[:5]
+    (d / "list.txt").write_text("# BCCD images and one relative path\n" + "".join(f"{p}\n" for p in bccd)
+                                + "\nmore/wide.png\n")
+    return d
+
+
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_ray_writes_what_one_process_writes(ray_address, inputs, tiny_ckpt, tmp_path, capsys):
+    """The one-process run in this process, the Ray run as a tool joining the instance by its address."""
+    import torch
+
+    from vggdet.cli.infer import main
+
+    args = [str(tiny_ckpt), str(inputs / "imgs"), str(inputs / "list.txt"), *LOW, "--batch", "2", "--format", "coco",
+            "--set", *SAME]
+    threads = torch.get_num_threads()
+    try:
+        code = main([*args, "--out", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)  # runtime.threads=1 is process-wide
+    one = capsys.readouterr()
+    two = run_tool(["tools/infer.py", *args, "--out", str(tmp_path / "ray"), "--ray", ray_address, "--workers", "2"])
+    assert code == two.returncode == 1, two.stderr[-3000:]  # bad.jpg fails in both, the rest run
+    errors = [line for line in two.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in one.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bad.jpg: cannot decode image" in errors[0]
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "ray")
+    assert sorted(a) == sorted(b) and len(a) == 12 + 1 + 6 + 2  # annotated copies + the two result files
+    for name in a:
+        assert a[name] == b[name], name  # detections.jsonl in input order, the COCO file, every image's bytes
+    rows = [json.loads(line) for line in a["detections.jsonl"].decode().splitlines()]
+    assert len({(r["width"], r["height"]) for r in rows}) == 4 and all(r["detections"] for r in rows)
+    summary = [line for line in two.stdout.replace("/ray", "/one").splitlines() if not line.startswith("model time")]
+    assert summary == [line for line in one.out.splitlines() if not line.startswith("model time")]
+
+
+def test_test_det_on_ray_gives_the_same_map(ray_address, legacy_shapes, tmp_path, capsys):
+    """tools/test_det.py --ray (in this process: it uses the module's Ray instance) against evaluate_file."""
+    from vggdet.cli.test import main
+    from vggdet.inference.dataset import evaluate_file
+
+    overrides = [f"data.root={legacy_shapes}"]
+    assert main([str(LEGACY), "--out", str(tmp_path), "--ray", ray_address, "--workers", "2", "--set", *overrides]) == 0
+    assert "mAP" in capsys.readouterr().out
+    on_ray = json.loads((tmp_path / "metrics.json").read_text())
+    here = evaluate_file(str(LEGACY), overrides=overrides).metrics
+    assert on_ray == {**json.loads(json.dumps(here)), "checkpoint": str(LEGACY)}
+    assert on_ray["mAP"] == pytest.approx(LEGACY_EXPECTED["test_mAP"], abs=1e-9)
+    assert len(list(tmp_path.glob("comp4_det_test_*.txt"))) == 3
+
+
+def _actor_pids() -> list:
+    """Our Ray instance's pool actors: processes below this one (raylet -> workers) named after DetectImages."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append((int(entry), cmd))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid, cmd in children.get(todo.pop(), []):
+            todo.append(pid)
+            if cmd.startswith("ray::") and "DetectImages" in cmd:
+                found.append(pid)
+    return found
+
+
+def test_a_killed_actor_is_replaced_and_every_image_is_written_once(ray_address, inputs, tiny_ckpt, tmp_path):
+    shapes = sorted(p for p in (inputs / "imgs").glob("*.jpg") if p.name != "bad.jpg")
+    paths = []
+    for k, p in enumerate(shapes * 4):  # 48 distinct files: each has its own record and annotated copy
+        paths.append(str(tmp_path / f"{k:02d}_{p.name}"))
+        shutil.copy(p, paths[-1])
+    slow = ("runtime.score_thresh=0.0", "model.input.min_size=600", "model.input.max_size=1000", *SAME)  # 0.1 s an image
+    factory = PredictorFactory(str(tiny_ckpt), overrides=slow)
+    out, killed, done = tmp_path / "out", [], threading.Event()
+
+    def kill_one_actor_mid_run():
+        deadline = time.time() + 120
+        while time.time() < deadline and not done.is_set():
+            written = len(list(out.glob("*.jpg"))) if out.is_dir() else 0
+            pids = _actor_pids()
+            if written >= 2 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(written)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor_mid_run, daemon=True)
+    killer.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            stats = run_images_on_ray(factory, paths, str(out), Workers(2, 1, 0), score_thr=0.0, batch=2)
+        finally:
+            done.set()
+            killer.join(10)
+    assert killed and killed[0] < len(paths), "the actor was not killed mid-run"
+    assert not [w for w in caught if "twice" in str(w.message)]
+    rows = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in rows] == paths and stats.images == len(paths) and not stats.failed
+    assert len(list(out.glob("*.jpg"))) == len(paths)
+    # the same detections as one process gives
+    import torch
+
+    from vggdet.inference.images import run_images
+
+    threads = torch.get_num_threads()
+    with factory() as predictor:
+        run_images(predictor, paths[:6], str(tmp_path / "one"), score_thr=0.0, draw=False, progress=False)
+    torch.set_num_threads(threads)
+    assert (tmp_path / "one" / "detections.jsonl").read_text().splitlines() == \
+        (out / "detections.jsonl").read_text().splitlines()[:6]
+
+
+def test_no_cluster_at_the_address_is_one_line_and_writes_nothing(inputs, tiny_ckpt, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    r = run_tool(["tools/infer.py", str(tiny_ckpt), str(inputs / "imgs"), "--out", str(tmp_path / "out"),
+                  "--ray", address])
+    assert r.returncode == 2 and f"--ray {address}: no Ray cluster answers there" in one_line(r)
+    assert os.listdir(tmp_path) == []
+
+
+def test_in_order_hands_on_each_item_once_in_input_order():
+    got = []
+    order = InOrder(got.append)
+    for index in (2, 0, 3, 1, 1, 5):
+        order.put(index, f"r{index}")
+    assert got == ["r0", "r1", "r2", "r3"] and order.duplicates == 1 and list(order.waiting) == [5]
+    order.flush()
+    assert got[-1] == "r5" and not order.waiting
+
+
+def test_ray_flags_need_ray_and_fit_the_device(capsys):
+    from vggdet.cli.infer import parse_args
+
+    for argv, message in ((["m.pth", "a.jpg", "--workers", "2"], "--workers needs --ray"),
+                          (["m.pth", "a.jpg", "--ray", "--worker-cpus", "0"], "--worker-cpus must be > 0"),
+                          (["m.pth", "a.jpg", "--ray", "--device", "cuda"], "the workers' device follows"),
+                          (["m.pth", "--camera", "0", "--ray"], "--camera runs in one process"),
+                          (["m.pth", "a.jpg", "--ray", "photos/"], "--ray photos/: not local, auto, HOST:PORT")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    assert parse_args(["m.pth", "a.jpg", "--ray"]).ray == "local"
+    assert parse_args(["m.pth", "a.jpg", "--ray", "10.0.0.1:6379", "--workers", "3"]).workers == 3
