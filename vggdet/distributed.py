@@ -47,11 +47,21 @@ def gather_to_main(obj: Any) -> list:
     return out or []
 
 
-def broadcast(obj: Any) -> Any:
+def all_gather(obj: Any) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (a single process: [obj])."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s obj on every rank."""
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src)
     return box[0]
 
 

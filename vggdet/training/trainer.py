@@ -30,7 +30,7 @@ from vggdet.inference.dataset import evaluate_predictor
 from vggdet.inference.torch_backend import TorchPredictor
 from vggdet.model.detector import build_detector
 from vggdet.runtime import amp_dtype, autocast, resolve_device
-from vggdet.training.checkpoint import CheckpointDir, load_model_state, make_checkpoint
+from vggdet.training.checkpoint import CheckpointDir, CheckpointError, load_model_state, make_checkpoint
 from vggdet.training.logger import RunLogger
 
 
@@ -155,12 +155,12 @@ class Trainer:
         return self.checkpoints.save_latest(self.checkpoint()) if self.main else None
 
     def resume(self, resume: str) -> None:
-        """Continue from a checkpoint path, or "auto" (latest.pth when there is one)."""
-        path = self.checkpoints.resume_path(resume)
+        """Continue from a checkpoint path, or "auto" (latest.pth when there is one). Under torch.distributed
+        every rank resumes from the same checkpoint (`_read_for_resume`), on one node or several."""
+        path, ckpt = self._read_for_resume(resume)
         if path is None:
             self.log.text(f"--resume auto: no {self.checkpoints.path('latest.pth')} yet, starting from scratch")
             return
-        ckpt = self.checkpoints.load_for_resume(path)
         load_model_state(self.model, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -168,6 +168,37 @@ class Trainer:
         self.state = State(ckpt["epoch"], ckpt["iteration"], ckpt.get("iter_in_epoch", 0), ckpt.get("best_map", -1.0))
         set_rng_state(ckpt["rng"])
         self.log.text(f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.iteration}")
+
+    def _read_for_resume(self, resume: str) -> tuple:
+        """(path, checkpoint), the same on every rank; (None, None) when "auto" finds no latest.pth.
+
+        One process per node reads the file where it is (its own work_dir's latest.pth, or PATH); the newest
+        copy found (most iterations, then the lowest rank) is sent to every rank. So the nodes of a multi-node
+        run need no shared filesystem, and they agree even when torchrun's c10d rendezvous makes another node
+        global rank 0 (the one that writes checkpoints) than last time. An unreadable file on one node is
+        used only when no node has a readable one: then every rank raises its error."""
+        path, ckpt, error = None, None, None
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            try:
+                path = self.checkpoints.resume_path(resume)
+                if path is not None and (not self.distributed or os.path.isfile(path)):
+                    ckpt = self.checkpoints.load_for_resume(path)
+            except CheckpointError as e:
+                error = e
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return path, ckpt
+        found = ddp.all_gather((ckpt["iteration"] if ckpt is not None else -1, error))
+        src = max(range(len(found)), key=lambda r: (found[r][0], -r))
+        if found[src][0] < 0:  # no rank has a readable checkpoint
+            errors = [e for _, e in found if e is not None]
+            if errors:
+                raise errors[0]
+            if resume != "auto":
+                raise CheckpointError(f"checkpoint not found: {resume} (on no node)")
+            return None, None
+        return ddp.broadcast((path, ckpt) if ddp.rank() == src else None, src=src)
 
     # ------------------------------------------------------------------------------------- the loop
     def _on_signal(self, signum, frame) -> None:
