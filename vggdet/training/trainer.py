@@ -11,6 +11,7 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -212,7 +213,9 @@ class Trainer:
         metrics on rank 0. SIGINT / SIGTERM save latest.pth and raise Interrupted.
         """
         cfg = self.cfg
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # signal handlers exist only in the main thread; Ray Train runs this loop in another (and stops it itself)
+        caught = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        old = {s: signal.signal(s, self._on_signal) for s in caught}
         try:
             while self.state.epoch < cfg.train.epochs and not self._done():
                 self.train_epoch()
