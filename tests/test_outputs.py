@@ -61,3 +61,22 @@ def test_a_run_that_fails_before_its_first_output_leaves_no_folder(tmp_path, tin
     r = run_tool(["tools/infer.py", str(tiny_ckpt), str(tmp_path / "a.png"), "--out", str(tmp_path / "kept"),
                   "--no-draw"])
     assert r.returncode == 0 and (tmp_path / "kept" / "detections.jsonl").is_file(), r.stderr
+
+
+def test_results_writer_writes_what_json_dumps_writes(tmp_path):
+    """detections.jsonl / detections_coco.json written a record at a time equal the whole lists dumped at once."""
+    import json
+
+    from vggdet.inference.outputs import ResultsWriter, write_image_results
+
+    records = [{"file": f"{k}.jpg", "width": 4, "height": 3, "detections": []} for k in range(3)]
+    coco = [[{"image_id": 0, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}], [],
+            [{"image_id": 2, "category_id": 2, "bbox": [1, 1, 2, 2], "score": 0.25}] * 2]
+    write_image_results(str(tmp_path), records, coco)
+    assert (tmp_path / "detections.jsonl").read_text() == "".join(json.dumps(r) + "\n" for r in records)
+    assert (tmp_path / "detections_coco.json").read_text() == json.dumps([r for rows in coco for r in rows])
+    with pytest.raises(RuntimeError):
+        with ResultsWriter(str(tmp_path / "failed"), coco=True) as w:
+            w.add(records[0], coco[0])
+            raise RuntimeError("a failure mid-run")
+    assert os.listdir(tmp_path / "failed") == []  # no torn file, no temp file

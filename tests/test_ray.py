@@ -191,6 +191,17 @@ def test_in_order_hands_on_each_item_once_in_input_order():
     assert got[-1] == "r5" and not order.waiting
 
 
+def test_a_worker_failure_is_one_line():
+    from vggdet.inference.ray_data import _worker_error
+
+    text = ("The actor died because of an error raised in its creation task, ray::MapWorker(...).__init__() (pid=1)\n"
+            "  File \"x.py\", line 79, in load_checkpoint\n    raise CheckpointError(...)\n"
+            "vggdet.training.checkpoint.CheckpointError: checkpoint not found: /m.pth\n")
+    assert _worker_error(RuntimeError(text)) == ("a Ray worker failed: vggdet.training.checkpoint.CheckpointError: "
+                                                 "checkpoint not found: /m.pth")
+    assert "installed on every node" in _worker_error(RuntimeError("ModuleNotFoundError: No module named 'vggdet'"))
+
+
 def test_ray_flags_need_ray_and_fit_the_device(capsys):
     from vggdet.cli.infer import parse_args
 

@@ -6,6 +6,8 @@
 - `images.py` — the image runner (inputs, batches, outputs; torchrun sharding), `video.py` — videos and
   cameras, `outputs.py` — records, COCO rows, files and the run summary, `draw.py` — drawing boxes.
 - `dataset.py` — dataset evaluation (tools/test_det.py and training's periodic evaluation).
+- `ray_data.py` — images and a dataset's predictions on a Ray Data actor pool (`--ray`; the only module that
+  imports Ray, which this package never imports for it).
 - `tuning.py` — the Winograd conversion for CPU inference and its per-machine timing cache.
 Every runner takes a predictor and never asks which backend it is.
 """

@@ -267,8 +267,22 @@ def _rows(paths: list, batch: int, workers: Workers):
 
 
 def _batches(results) -> Iterator[dict]:
-    """The pool's output blocks as they finish (numpy columns)."""
-    yield from results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    """The pool's output blocks as they finish (numpy columns). A failure on the cluster (an actor that cannot
+    load the model, a worker without vggdet) is one line: the error the worker raised."""
+    from ray.exceptions import RayError
+
+    try:
+        yield from results.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    except RayError as e:
+        raise RuntimeError(_worker_error(e)) from None
+
+
+def _worker_error(e: Exception) -> str:
+    """A Ray error's message as one line: the last line of the worker's traceback, the exception it raised."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line[:1].isspace()]
+    cause = lines[-1] if lines else type(e).__name__
+    hint = "; is vggdet installed on every node? (pip install 'vggdet[ray]')" if "No module named" in cause else ""
+    return f"a Ray worker failed: {cause}{hint}"
 
 
 @dataclass
