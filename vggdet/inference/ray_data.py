@@ -133,12 +133,16 @@ class Workers:
                           f"{total.get(have, 0):g}: the pool waits for more nodes (an autoscaler) to start", stacklevel=2)
         return Workers(count, self.cpus, self.gpus)
 
-    def remote_args(self) -> dict:
-        """map_batches' arguments for the pool: size, resources, and restarts / retries set explicitly."""
+    def pool(self, rows, actor: type, args: tuple, batch: int):
+        """`rows` through a pool of `actor(*args)`: its size and resources, and restarts / retries set explicitly
+        (bounded, so a model that kills its process on every batch ends the run instead of looping)."""
         import ray
 
-        return dict(compute=ray.data.ActorPoolStrategy(size=self.count), num_cpus=self.cpus, num_gpus=self.gpus,
-                    max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
+        with warnings.catch_warnings():  # ray 2.60 deprecates these two as map_batches kwargs, with no other
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")  # way to pass them yet
+            return rows.map_batches(actor, fn_constructor_args=args, batch_size=batch, batch_format="numpy",
+                                    compute=ray.data.ActorPoolStrategy(size=self.count), num_cpus=self.cpus,
+                                    num_gpus=self.gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
 
 
 @dataclass(frozen=True)
@@ -319,9 +323,8 @@ def run_images_on_ray(factory: PredictorFactory, paths: list, out_dir: str, work
     that cannot be read is one line on stderr and counted in `stats.failed`; the others still run."""
     workers = workers.resolved()
     names = output_names(paths)
-    results = _rows(paths, batch, workers).map_batches(
-        DetectImages, fn_constructor_args=(factory.for_workers(workers), score_thr, keep, draw, coco),
-        batch_size=batch, batch_format="numpy", **workers.remote_args())
+    results = workers.pool(_rows(paths, batch, workers), DetectImages,
+                           (factory.for_workers(workers), score_thr, keep, draw, coco), batch)
     stats = InferenceStats()
     with ResultsWriter(out_dir, coco) as writer:
         def write(item: Optional[tuple]) -> None:
@@ -366,9 +369,7 @@ def predict_dataset_on_ray(factory: PredictorFactory, dataset, workers: Workers 
     warning and no detections, as in one process."""
     workers = workers.resolved()
     paths = list(dataset.image_paths)
-    results = _rows(paths, batch, workers).map_batches(
-        DetectArrays, fn_constructor_args=(factory.for_workers(workers),), batch_size=batch,
-        batch_format="numpy", **workers.remote_args())
+    results = workers.pool(_rows(paths, batch, workers), DetectArrays, (factory.for_workers(workers),), batch)
     dets: list = [None] * len(paths)
     for out in _batches(results):
         for k, index in enumerate(out["index"].tolist()):
