@@ -193,11 +193,21 @@ class TTAConfig:
 
 
 @dataclass
+class TilesConfig:
+    """Sliced inference for small objects (vggdet/inference/tiles.py); off while `size` is None."""
+
+    size: Optional[int] = None  # tile side in image pixels, e.g. 512 (each tile is resized like an image)
+    overlap: float = 0.25  # share of a tile its neighbour covers too: objects up to size * overlap stay whole
+    full_image: bool = True  # also run the whole image, for objects larger than the overlap
+
+
+@dataclass
 class TestConfig:
     metric: Literal["voc07", "voc10", "coco"] = "voc07"
     iou_thresh: float = 0.5
     batch_size: int = 1
     tta: TTAConfig = field(default_factory=TTAConfig)  # off by default: the plain path pays nothing
+    tiles: TilesConfig = field(default_factory=TilesConfig)  # sliced inference, off by default
     # Arithmetic for testing and inference, each explicit: fp32 (the exact path; `runtime.amp` still
     # autocasts), bf16 (autocast; needs native bf16: CUDA, or a CPU with avx512_bf16 / AMX), int8 (a model
     # from tools/quantize.py). Which is fastest depends on the CPU: docs/deploy.md#int8.

@@ -2,7 +2,7 @@
 
 python tools/infer.py [CONFIG] CHECKPOINT INPUT [INPUT ...] [--out DIR] [--score-thr 0.5]
        [--device auto|cuda|cpu] [--amp] [--batch N] [--every N] [--start-frame K] [--max-frames N]
-       [--no-draw] [--classes a,b] [--camera 0] [--set k=v ...]
+       [--no-draw] [--classes a,b] [--tiles SIZE[,OVERLAP]] [--tta] [--camera 0] [--set k=v ...]
 
 CONFIG (a .py file) is needed only for a bare state_dict checkpoint; checkpoints from tools/train_det.py
 embed theirs. Images -> DIR/<relative path> (annotated) and DIR/detections.jsonl; a video -> DIR/<name>.mp4
@@ -26,6 +26,18 @@ from vggdet.cli import (
 )
 
 
+def _tiles(text: str) -> list:
+    """--tiles SIZE[,OVERLAP] -> test.tiles overrides."""
+    parts = text.split(",")
+    try:
+        size, overlap = int(parts[0]), float(parts[1]) if len(parts) > 1 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE[,OVERLAP] such as 512 or 512,0.25, got {text!r}") from None
+    if len(parts) > 2 or size < 16 or (overlap is not None and not 0 <= overlap < 1):
+        raise argparse.ArgumentTypeError(f"expected SIZE >= 16 and an OVERLAP in [0, 1), got {text!r}")
+    return [f"test.tiles.size={size}"] + ([f"test.tiles.overlap={overlap}"] if overlap is not None else [])
+
+
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog("infer.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +53,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                    help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read frames from a camera")
+    p.add_argument("--tiles", type=_tiles, default=None, metavar="SIZE[,OVERLAP]",
+                   help="sliced inference for small objects: SIZE-pixel tiles overlapping by OVERLAP (a fraction, "
+                        "default 0.25), plus the whole image; merged by per-class NMS (test.tiles)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: add the flipped image "
                    "(and test.tta.scales, e.g. --set 'test.tta.scales=[480,720]'); merged by per-class NMS")
     add_runtime_arguments(p)
@@ -105,7 +120,7 @@ def _predictor(a: argparse.Namespace):
 
     # the model's own cut-off, so it skips less work; the user's --set items still win
     overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
-        + runtime_overrides(a)
+        + (a.tiles or []) + runtime_overrides(a)
     predictor = load_predictor(a.checkpoint, config=a.config, overrides=overrides)
     if predictor.config.model.proposals != "rpn":
         raise ValueError(f"{a.checkpoint}: model.proposals={predictor.config.model.proposals!r}; "
