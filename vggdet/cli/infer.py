@@ -49,8 +49,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--start-frame", type=int, default=0, metavar="K", help="video: begin at frame K (0-based)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: process at most N frames")
     p.add_argument("--no-draw", action="store_true", help="images: skip the annotated copies")
-    p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
-                   help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
+    p.add_argument("--format", choices=["jsonl", "coco", "yolo"], default="jsonl",
+                   help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem); "
+                        "yolo a label file per image in DIR/labels/ (class cx cy w h score) and DIR/classes.txt")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read frames from a camera")
     p.add_argument("--tiles", type=_tiles, default=None, metavar="SIZE[,OVERLAP]",
@@ -97,7 +98,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         stats = run_inputs(predictor, images, videos, a.out, score_thr=a.score_thr, keep=keep, batch=a.batch,
                            every=a.every, start_frame=a.start_frame, max_frames=a.max_frames, draw=not a.no_draw,
-                           coco=a.format == "coco", camera=a.camera)
+                           coco=a.format == "coco", yolo=a.format == "yolo", camera=a.camera)
     except KeyboardInterrupt:
         print("\ninterrupted; unfinished outputs removed", file=sys.stderr)
         return 130
