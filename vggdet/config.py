@@ -208,10 +208,6 @@ class TestConfig:
     batch_size: int = 1
     tta: TTAConfig = field(default_factory=TTAConfig)  # off by default: the plain path pays nothing
     tiles: TilesConfig = field(default_factory=TilesConfig)  # sliced inference, off by default
-    # Arithmetic for testing and inference, each explicit: fp32 (the exact path; `runtime.amp` still
-    # autocasts), bf16 (autocast; needs native bf16: CUDA, or a CPU with avx512_bf16 / AMX), int8 (a model
-    # from tools/quantize.py). Which is fastest depends on the CPU: docs/deploy.md#int8.
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
 
 @dataclass
@@ -233,6 +229,11 @@ class RuntimeConfig:
     winograd_tune: bool = True
     # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
     score_thresh: Optional[float] = None
+    # Arithmetic for testing and inference (training is unaffected: `amp` decides there): auto = bf16
+    # autocast on a CPU with native bf16 (avx512_bf16 or AMX), as OpenVINO does, fp32 elsewhere (the env
+    # variable VGGDET_PRECISION=fp32|bf16 pins what auto means, e.g. for tests); fp32 = the exact path;
+    # bf16 = autocast (needs native bf16); int8 = a model from tools/quantize.py. `amp` on still autocasts.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
 
 
 @dataclass
@@ -288,6 +289,7 @@ RENAMED = {
     "train.channels_last": ("runtime.channels_last", lambda v: True if v else None),  # False meant auto
     "test.winograd": ("runtime.winograd", lambda v: None if v else False),  # True meant auto
     "test.score_thresh": ("runtime.score_thresh", _same),
+    "test.precision": ("runtime.precision", _same),  # 0.2: one precision rule for every tool
 }
 
 

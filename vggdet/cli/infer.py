@@ -123,6 +123,8 @@ def _predictor(a: argparse.Namespace):
     overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
         + (a.tiles or []) + runtime_overrides(a)
     predictor = load_predictor(a.checkpoint, config=a.config, overrides=overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"precision: {predictor.precision} ({getattr(predictor, 'precision_reason', '')})", file=sys.stderr)
     if predictor.config.model.proposals != "rpn":
         raise ValueError(f"{a.checkpoint}: model.proposals={predictor.config.model.proposals!r}; "
                          "inference needs a model with an RPN")

@@ -32,6 +32,7 @@ class Evaluation:
     dataset: object
     detections: list
     analysis: Optional[dict] = None
+    precision: str = ""  # what ran, e.g. "bf16 (auto: this CPU ... has native bf16)"
 
 
 def predict_dataset(predictor: Predictor, loader, progress: bool = True) -> Optional[list]:
@@ -72,7 +73,8 @@ def evaluate_predictor(predictor: Predictor, loader=None, results_dir: Optional[
         return None
     metrics = evaluate(loader.dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh,
                        out_dir=results_dir)
-    result = Evaluation(metrics, loader.dataset, dets)
+    result = Evaluation(metrics, loader.dataset, dets,
+                        precision=f"{predictor.precision} ({getattr(predictor, 'precision_reason', '')})")
     if analysis_dir is not None:
         from vggdet.evaluation.report import analyze_dataset
 

@@ -2,7 +2,7 @@
 
 `TorchPredictor(model, classes, device, config)` (alias `Detector`, the package's public name) applies
 what running a model involves and `model.eval()` does not: the device, the precision (`runtime.amp` /
-`test.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the Winograd conversion of
+`runtime.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the Winograd conversion of
 the 3x3 convs for CPU inference with its timing cache (vggdet/inference/tuning.py). `close()` undoes the
 conversion, so a model borrowed for evaluation (the trainer's) goes back unchanged.
 """
@@ -19,7 +19,7 @@ from vggdet.inference.tuning import convert_for_inference
 from vggdet.model import winograd
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.tta import with_tta
-from vggdet.runtime import autocast, inference_dtype, precision_name, resolve_device
+from vggdet.runtime import autocast, inference_precision, precision_name, resolve_device
 
 __all__ = ["TorchPredictor", "Detector", "detections_to_numpy"]
 
@@ -32,7 +32,7 @@ def detections_to_numpy(det: dict) -> dict:
 
 class TorchPredictor(Predictor):
     """`device`: None = `config.runtime.device` (auto without a config). `dtype`: the autocast dtype, or
-    "config" for the config's inference rule (`runtime.inference_dtype`). `tta`: False skips `test.tta`.
+    "config" for the config's inference rule (`runtime.inference_precision`: runtime.precision / amp). `tta`: False skips `test.tta`.
     The trainer's evaluation passes its training dtype and `tta=False`."""
 
     backend = "pytorch"
@@ -46,8 +46,10 @@ class TorchPredictor(Predictor):
         # under torchrun each process takes the GPU of its LOCAL_RANK
         self.device = ddp.local_device(resolve_device(device if device is not None else runtime.device if runtime
                                                       else None))
+        self.precision_reason = "given"
         if dtype == "config":
-            dtype = inference_dtype(config, self.device) if config is not None else None
+            dtype, self.precision_reason = (inference_precision(config, self.device) if config is not None
+                                            else (None, "no config: fp32"))
         self.dtype = dtype
         self.precision = precision_name(dtype)
         self.base_model = model.to(self.device).eval()
