@@ -182,6 +182,17 @@ class CheckpointDir:
         save_checkpoint(self.path("best.pth"), ckpt)
         return self.path("best.pth")
 
+    def best_map(self) -> float:
+        """The mAP best.pth was saved for (-1 when there is none, or it cannot be read); reads the number
+        without loading the weights (mmap)."""
+        path = self.path("best.pth")
+        if not os.path.isfile(path):
+            return -1.0
+        try:
+            return float(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("best_map", -1.0))
+        except Exception:  # a torn or foreign file: resume goes on with the checkpoint's own number
+            return -1.0
+
     def resume_path(self, resume: str) -> Optional[str]:
         """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet."""
         if resume != "auto":
