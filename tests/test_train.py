@@ -174,3 +174,20 @@ def test_resumed_run_never_replaces_best_with_a_worse_model(tmp_path, monkeypatc
     train(load_config(SHAPES_CONFIG, over + ["train.epochs=3"]), str(work), resume=str(work / "epoch_1.pth"))
     assert load_checkpoint(str(work / "best.pth"))["best_map"] == 0.56
 
+
+def test_evaluation_stopped_mid_epoch_names_that_epoch(tmp_path, monkeypatch, capsys):
+    # #24: train.max_iters=10 with 4 iterations per epoch stops in epoch 3 (2 of its 4 iterations); the
+    # evaluation said "after epoch 2" and recorded epoch 2.
+    work = tmp_path / "work"
+    fake_evaluations(monkeypatch, [0.5])
+    over = tiny_train_overrides(tmp_path, "data.shapes_num_train=8", "train.epochs=5", "train.max_iters=10")
+    metrics = train(load_config(SHAPES_CONFIG, over), str(work))
+    out = capsys.readouterr().out
+    assert "evaluation after iteration 10 (mid-epoch 3: 2 of 4 iterations; train.max_iters=10)" in out, out
+    assert "after epoch 2" not in out
+    (rec,) = read_log(work, "eval")
+    saved = json.loads((work / "metrics.json").read_text())
+    for m in (rec, saved, metrics):
+        assert (m["epoch"], m["iter"], m["iter_in_epoch"]) == (3, 10, 2), m
+    ckpt = load_checkpoint(str(work / "latest.pth"))
+    assert (ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["best_map"]) == (2, 2, 0.5)  # the resume state: unchanged

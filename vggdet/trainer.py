@@ -332,8 +332,9 @@ class Trainer:
     def evaluate(self, results_dir: Optional[str] = None) -> Optional[dict]:
         """mAP on the test split (rank 0; None on other ranks), logged; writes nothing but `results_dir`.
 
-        Training's random state is left as it was, so a run resumed from a checkpoint saved after an
-        evaluation goes on exactly as the uninterrupted one.
+        The metrics name the epoch the model is in and the iteration; "iter_in_epoch" is there when the
+        run stopped mid-epoch (train.max_iters). Training's random state is left as it was, so a run
+        resumed from a checkpoint saved after an evaluation goes on exactly as the uninterrupted one.
         """
         cfg, st = self.cfg, self.state
         if self.test_loader is None:
@@ -347,11 +348,15 @@ class Trainer:
             self.model.train()
         if metrics is None:
             return None
-        metrics = {**metrics, "epoch": st.epoch, "iter": st.iteration}
-        self.log.text(f"\nevaluation after epoch {st.epoch} ({len(self.test_loader.dataset)} test images)\n"
-                      + format_table(metrics))
-        self.log.record({"mode": "eval", "epoch": st.epoch, "iter": st.iteration,
-                         "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
+        where = {"epoch": st.epoch, "iter": st.iteration}
+        when = f"after epoch {st.epoch}"
+        if st.iter_in_epoch:  # stopped mid-epoch: the model is in epoch st.epoch + 1
+            where = {"epoch": st.epoch + 1, "iter": st.iteration, "iter_in_epoch": st.iter_in_epoch}
+            when = (f"after iteration {st.iteration} (mid-epoch {st.epoch + 1}: {st.iter_in_epoch} of "
+                    f"{self.iters_per_epoch} iterations; train.max_iters={cfg.train.max_iters})")
+        metrics = {**metrics, **where}
+        self.log.text(f"\nevaluation {when} ({len(self.test_loader.dataset)} test images)\n" + format_table(metrics))
+        self.log.record({"mode": "eval", **where, "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
         return metrics
 
 
