@@ -96,6 +96,8 @@ def make_shapes(out_dir: str, fmt: str = "voc", num_train: int = 400, num_test: 
     if fmt not in ("voc", "coco"):
         raise ValueError(f"make_shapes: fmt must be 'voc' or 'coco', got {fmt!r}")
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise FileExistsError(f"{out_dir}: exists and is not an empty folder (checked before drawing any image)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=parent)
