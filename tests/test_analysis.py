@@ -425,3 +425,82 @@ def test_test_det_report(tmp_path):
                                             for line in f.read_text().splitlines() if line)
     assert (tmp_path / "t" / "report" / "report.html").is_file() and "FalseNeg" in r.stdout
 
+
+# ------------------------------------------------------------------------------------- #24: the report's words
+def test_report_counts_every_box_in_the_files(voc_run, tmp_path):
+    # "N ground-truth boxes (2 ignored ...)" where N left the 2 difficult boxes out of the XML files' count
+    from vggdet.evaluation.report import analyze_results_dir
+
+    d, root, ds = voc_run
+    a = analyze_results_dir(ds, str(d / "res"), str(tmp_path / "rep"), progress=False)
+    in_files = sum(open(f"{root}/Annotations/{i}.xml").read().count("<object>") for i in ds.image_ids)
+    assert a["settings"]["num_gt"] == in_files - 2
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"{in_files} ground-truth boxes, of which 2 difficult (ignored, as in the devkit);" in page
+
+
+def test_report_headline_names_both_metrics(voc_run, tmp_path):
+    # test_det printed "mAP (voc07) 93.89" while the report's headline said "AP50 99.33", unlabelled
+    from vggdet.evaluation import evaluate, read_voc_results
+    from vggdet.evaluation.report import analyze_dataset
+
+    d, root, ds = voc_run
+    dets = read_voc_results(str(d / "res"), "test", ds.classes, ds.image_ids)
+    metrics = evaluate(ds, dets, metric="voc07")
+    a = analyze_dataset(ds, dets, str(tmp_path / "rep"), progress=False, eval_metrics=metrics)
+    voc07, ap50 = round(100 * metrics["mAP"], 2), round(a["tide"]["AP50"], 2)
+    assert voc07 != ap50 and a["headline"]["metrics"] == {"mAP (voc07)": voc07,
+                                                          "AP50 (TIDE, COCO-style 101-point)": ap50}
+    assert "11-point" in a["headline"]["note"] and "101 points" in a["headline"]["note"]
+    assert json.loads((tmp_path / "rep" / "analysis.json").read_text())["headline"] == a["headline"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"<b>mAP (voc07)</b>{voc07:.2f}" in page and f"<b>AP50 (TIDE, COCO-style 101-point)</b>{ap50:.2f}" in page
+    assert "They differ because the VOC07 mAP is the devkit&#x27;s 11-point AP" in page
+
+
+def test_report_without_images_says_so_once_and_names_files(tmp_path):
+    # COCO results without --images: grey tiles, nothing on the console, tiles named by numeric id only
+    from vggdet.data.coco import COCODetection
+    from vggdet.data.shapes import make_shapes
+
+    root = make_shapes(str(tmp_path / "coco"), "coco", num_train=1, num_test=6, size=96, seed=1)
+    ann = f"{root}/annotations/test.json"
+    ds = COCODetection(f"{root}/images", ann, train=False)
+    rng = np.random.default_rng(0)
+    res = [{"image_id": int(i), "category_id": int(ds.label_to_cat_id[1]), "score": float(rng.random()),
+            "bbox": [float(x) for x in rng.uniform(0, 40, 2)] + [30.0, 30.0]} for i in ds.image_ids]
+    (tmp_path / "dets.json").write_text(json.dumps(res))
+    r = run_tool(["tools/analyze_det.py", "--coco-ann", ann, "--results", str(tmp_path / "dets.json"),
+                  "--out", str(tmp_path / "rep")])  # the default image folder, <root>/test, does not exist
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "gallery images not found" in warned[0] and "--images" in warned[0], r.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "were not found" in page and "--images IMAGE_DIR" in page
+    first = json.loads((tmp_path / "rep" / "analysis.json").read_text())["gallery"][0]
+    name = ds.coco.imgs[first["image_id"]]["file_name"]
+    assert f"</b>{name} (id {first['image_id']})</figcaption>" in page
+    # with the images: no warning, no note
+    r = run_tool(["tools/analyze_det.py", "--coco-ann", ann, "--results", str(tmp_path / "dets.json"),
+                  "--out", str(tmp_path / "rep2"), "--images", f"{root}/images"])
+    assert r.returncode == 0 and "warning:" not in r.stderr, r.stderr
+    assert "were not found" not in (tmp_path / "rep2" / "report.html").read_text()
+
+
+def test_pr_legend_sits_beside_the_curves():
+    # the legend (7 pt, lower left) covered the curves; now it is outside the axes, in a readable size
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggdet.evaluation.report import _plot_pr
+
+    gts, dets = random_problem(np.random.default_rng(1))
+    fig = _plot_pr(plt, analyze(gts, dets, ["a", "b", "c", "d"]))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
+    plt.close(fig)
