@@ -78,7 +78,7 @@ def evaluate_predictor(predictor: Predictor, loader=None, results_dir: Optional[
     if analysis_dir is not None:
         from vggdet.evaluation.report import analyze_dataset
 
-        result.analysis = analyze_dataset(loader.dataset, dets, analysis_dir, progress=progress)
+        result.analysis = analyze_dataset(loader.dataset, dets, analysis_dir, progress=progress, eval_metrics=metrics)
     return result
 
 
