@@ -95,6 +95,8 @@ def main(argv: Optional[list] = None) -> int:
         keep = predictor.class_filter(a.classes)
     except ValueError as e:
         raise ValueError(f"--classes: {e}") from None
+    if main_rank:  # every check passed: say once what arithmetic runs
+        print(f"precision: {predictor.precision} ({getattr(predictor, 'precision_reason', '')})", file=sys.stderr)
     try:
         stats = run_inputs(predictor, images, videos, a.out, score_thr=a.score_thr, keep=keep, batch=a.batch,
                            every=a.every, start_frame=a.start_frame, max_frames=a.max_frames, draw=not a.no_draw,
@@ -123,8 +125,6 @@ def _predictor(a: argparse.Namespace):
     overrides = [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
         + (a.tiles or []) + runtime_overrides(a)
     predictor = load_predictor(a.checkpoint, config=a.config, overrides=overrides)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"precision: {predictor.precision} ({getattr(predictor, 'precision_reason', '')})", file=sys.stderr)
     if predictor.config.model.proposals != "rpn":
         raise ValueError(f"{a.checkpoint}: model.proposals={predictor.config.model.proposals!r}; "
                          "inference needs a model with an RPN")

@@ -2,7 +2,7 @@
 
 `TorchPredictor(model, classes, device, config)` (alias `Detector`, the package's public name) applies
 what running a model involves and `model.eval()` does not: the device, the precision (`runtime.amp` /
-`runtime.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the Winograd conversion of
+`runtime.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the conversion to the CPU kernels (prepacked oneDNN convs and fc layers, Winograd) of
 the 3x3 convs for CPU inference with its timing cache (vggdet/inference/tuning.py). `close()` undoes the
 conversion, so a model borrowed for evaluation (the trainer's) goes back unchanged.
 """
@@ -16,7 +16,7 @@ import torch
 from vggdet import distributed as ddp
 from vggdet.inference.base import Predictor
 from vggdet.inference.tuning import convert_for_inference
-from vggdet.model import winograd
+from vggdet.model import cpu_kernels
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.tta import with_tta
 from vggdet.runtime import autocast, inference_precision, precision_name, resolve_device
@@ -86,7 +86,7 @@ class TorchPredictor(Predictor):
     def close(self) -> None:
         """Plain convs again (the model stays in eval mode on its device)."""
         if self.converted:
-            winograd.revert(self.base_model)
+            cpu_kernels.revert(self.base_model)
             self.converted = 0
 
 
