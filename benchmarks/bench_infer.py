@@ -2,17 +2,19 @@
 
     python benchmarks/bench_infer.py [--threads 2] [--runs 5] [--batch 1 4] [--device cpu|cuda] [--amp]
                                      [--variants vggdet,torchvision,vggdet-plain,vggdet-cl,torchvision-cl,vggdet-bf16]
-    python benchmarks/bench_infer.py --layers     # per 3x3 conv: oneDNN vs Winograd F(4x4,3x3) (CPU)
+    python benchmarks/bench_infer.py --layers     # per 3x3 conv: each CPU kernel, fp32 and bf16 (CPU)
 
 One process, one set of weights copied into both models, the same 500x375 images (-> 600x800), eval
 mode and torch.inference_mode. The variants are timed interleaved (the order alternates per run) so
 a noisy, shared machine slows them alike; the table gives the median seconds per image after a
 warm-up. Peak RSS (CPU) comes from a fresh subprocess per variant; peak GPU memory from
 torch.cuda.max_memory_allocated. Variants:
-  vggdet          the package as shipped (CPU: channels_last + Winograd convs, automatic)
-  vggdet-plain    vggdet forced to NCHW fp32 oneDNN convs (the reference "plain path")
-  vggdet-cl       vggdet with channels_last but without Winograd (runtime.winograd = False)
-  vggdet-bf16     vggdet under bf16 autocast (CPU; an accuracy trade-off, reported separately)
+  vggdet          the package as shipped in fp32 (CPU: channels_last + the CPU kernels of
+                  vggdet/model/cpu_kernels.py, each conv's chosen by the timing cache; prepacked fc6/fc7)
+  vggdet-plain    vggdet forced to NCHW fp32 plain PyTorch ops (the reference "plain path")
+  vggdet-cl       vggdet with channels_last but without the CPU kernels (runtime.winograd = False)
+  vggdet-bf16     vggdet under bf16 autocast with its bf16 CPU kernels: what runtime.precision=auto runs on
+                  a CPU with avx512_bf16 / AMX (an accuracy trade-off, reported separately)
   torchvision     torchvision FasterRCNN twin (see benchmarks/common.py), as a user would build it
   torchvision-cl  the twin with its input converted to channels_last (what torchvision could get)
   vgg19           vggdet as shipped with model.backbone.depth=19 (its own random weights), to time
@@ -67,10 +69,11 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
     models = {}
     for v in variants:
         if v.startswith("vggdet"):
-            switch = winograd_switch(v)
-            if switch not in vggdet:
-                vggdet[switch] = copy.deepcopy(model) if vggdet else model
-            models[v] = vggdet[switch]
+            # bf16 on its own copy too: its kernels keep bf16 packed weights, the fp32 ones fp32 ones
+            key = (winograd_switch(v), v == "vggdet-bf16")
+            if key not in vggdet:
+                vggdet[key] = copy.deepcopy(model) if vggdet else model
+            models[v] = vggdet[key]
         elif v == "torchvision":
             models[v] = torchvision_twin(model).eval()
         elif v == "torchvision-cl":
@@ -82,7 +85,7 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
             models[v] = onnx_runner(v, model, cfg, device, threads)
         else:
             raise SystemExit(f"unknown variant {v!r}; choose from {ALL}")
-    for switch, m in vggdet.items():
+    for (switch, _), m in vggdet.items():
         m.eval()
         # what the predictor does (vggdet/inference/tuning.py): the wide 3x3 convs on the CPU, unless False
         convert_for_inference(m, RuntimeConfig(winograd=switch), torch.device(device))
@@ -90,6 +93,8 @@ def build(variants: list, device: str, num_classes: int, overrides: list, thread
 
 
 def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006 (one export per process)
+    if variant in ONNX_PATHS:  # the peak-RSS child: the parent's file, not a new export
+        return ONNX_PATHS[variant]
     """`model`'s weights exported to ONNX (float32 input, like the other variants); "-int8": quantized by
     vggdet/quantize.py, calibrated on 8 benchmark-like images; "-svd": fc6/fc7 factored to 1024/256 first."""
     import tempfile
@@ -127,9 +132,25 @@ def onnx_file(model, cfg, variant: str, _cache: dict = {}) -> str:  # noqa: B006
     return _cache[key]
 
 
+ONNX_PATHS: dict = {}  # variant -> exported file, given to the peak-RSS children (--onnx-path)
+
+
+def need(module: str, variant: str, extra: str) -> None:
+    """A variant whose runtime is not installed: one line naming the extra, not a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(f"variant {variant}: {module} is not installed; pip install -e '.[{extra}]' "
+                         "(make install installs it)")
+
+
 def onnx_runner(variant: str, model, cfg, device: str, threads: int):
     """A callable list-of-[3,H,W] -> detections for the onnxruntime / openvino variants."""
+    need("onnx", variant, "export")
+    need("openvino" if variant.startswith("openvino") else "onnxruntime", variant,
+         "bench" if variant.startswith("openvino") else "export")
     path = onnx_file(model, cfg, variant)
+    ONNX_PATHS[variant] = path
     if variant.startswith("openvino"):
         import openvino as ov
 
@@ -172,6 +193,8 @@ def runner(name: str, models: dict, device: str, amp: str | None):
 
 def rss_child(a) -> None:
     """--rss-of VARIANT: one warm-up and one timed batch of the largest size, then print the peak RSS."""
+    if a.onnx_path:
+        ONNX_PATHS[a.rss_of] = a.onnx_path
     models = build([a.rss_of], "cpu", a.num_classes, a.set, a.threads)
     if a.rss_of.startswith("torchvision") or a.rss_of in ONNX_VARIANTS:  # keep only that model alive
         models = {a.rss_of: models[a.rss_of]}
@@ -211,8 +234,9 @@ def main(argv=None) -> None:
     p.add_argument("--no-rss", action="store_true", help="skip the per-variant peak-RSS subprocesses")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--set", nargs="*", default=[], help="vggdet config overrides key=value")
-    p.add_argument("--layers", action="store_true", help="time each 3x3 conv: oneDNN vs Winograd (CPU)")
+    p.add_argument("--layers", action="store_true", help="time each 3x3 conv by every CPU kernel (CPU)")
     p.add_argument("--rss-of", help=argparse.SUPPRESS)
+    p.add_argument("--onnx-path", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.layers:
@@ -221,6 +245,7 @@ def main(argv=None) -> None:
     if a.rss_of:
         return rss_child(a)
     variants = ALL if a.variants == "all" else a.variants.split(",")
+    print(f"Machine: {machine(a.device)}", file=sys.stderr, flush=True)
     if a.device.startswith("cuda"):
         variants = [v for v in variants if v != "vggdet-bf16"] if a.amp else variants
     models = build(variants, a.device, a.num_classes, a.set, a.threads)
@@ -250,6 +275,8 @@ def main(argv=None) -> None:
         for v in variants:
             cmd = [sys.executable, __file__, "--rss-of", v, "--threads", str(a.threads), "--batch", *map(str, a.batch),
                    "--num-classes", str(a.num_classes)] + (["--amp"] if a.amp else []) + (["--set", *a.set] if a.set else [])
+            if v in ONNX_PATHS:  # the file this run exported (and quantized): measured, not made again
+                cmd += ["--onnx-path", ONNX_PATHS[v]]
             res = subprocess.run(cmd, capture_output=True, text=True)
             rss[v] = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mib"] if res.returncode == 0 else None
     print_table(a, variants, times, gpu_peak, rss, ndet)
@@ -262,54 +289,68 @@ def main(argv=None) -> None:
 
 
 def layers_table(a) -> None:
-    """Every 3x3 conv of the full-size VGG16 + RPN at a 600x800 input: oneDNN (channels_last, the
-    fastest oneDNN layout) vs `vggdet.model.winograd.conv3x3`, both with the ReLU, the error of each
-    against float64, and which path each conv runs: by the fixed rule (`winograd.eligible`, tuning off)
-    and as tuned (`tuning.decide`: the cached decision for this machine, measured now where missing)."""
+    """Every 3x3 conv of the full-size VGG16 + RPN at a 600x800 input, timed by each CPU kernel
+    (vggdet/model/cpu_kernels.py) with the ReLU: the plain oneDNN conv (channels_last), the prepacked one,
+    Winograd F(4x4,3x3), and in bf16 autocast's conv and the prepacked bf16 one; the fp32 kernels' error
+    against float64; which kernel the fixed rule and the timing cache (`tuning.decide`, measured now where
+    the cache has nothing) pick."""
     from vggdet.inference import tuning
-    from vggdet.model import winograd
+    from vggdet.model import cpu_kernels, winograd
 
     torch.manual_seed(0)
-    model = build_detector(load_config(None, ["model.num_classes=20"]))
-    model.eval()  # plain Conv2d modules: both paths are timed on each
+    model = build_detector(load_config(None, ["model.num_classes=20"])).eval()  # plain modules
     layers = [(f"body.{i}", m) for i, m in enumerate(model.backbone.body)] + [("rpn.conv", model.rpn.conv)]
     x = torch.rand(a.batch[0], 3, 600, 800).contiguous(memory_format=torch.channels_last)
     print(f"\nMachine: {machine('cpu')}; batch {a.batch[0]}; median of {a.runs} runs after {a.warmup} warm-up; "
           f"tuned decisions from {tuning.cache_path()} (measured now where missing)\n")
-    print("| layer | in -> out channels | feature map | oneDNN s | Winograd s | speed-up | rel. error oneDNN | "
-          "rel. error Winograd | Winograd by the fixed rule | Winograd as tuned |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    total = [0.0, 0.0, 0.0]  # oneDNN everywhere, the fixed rule, as tuned
+    names = ["oneDNN", "prepack", "Winograd", "bf16 autocast", "bf16 prepack"]
+    print("| layer | in -> out | map | " + " | ".join(f"{n} s" for n in names) + " | rel. err prepack | "
+          "rel. err Winograd | fixed rule | as tuned |")
+    print("|" + "---|" * (len(names) + 7))
+    total = {n: 0.0 for n in names + ["fixed", "tuned"]}
+    relu = torch.nn.functional.relu
     with torch.inference_mode():
         for name, conv in layers:
             if not isinstance(conv, torch.nn.Conv2d):
                 x = conv(x)  # ReLU (already applied below) is a no-op on x; max-pool halves it
                 continue
-            conv = conv.to(memory_format=torch.channels_last)
+            fast = cpu_kernels.FastConv2d.from_conv(conv, relu=torch.nn.ReLU())
+            runs = {"oneDNN": lambda: relu(conv(x)), "prepack": lambda: cpu_kernels.prepacked(x, conv, True),  # noqa: B023
+                    "Winograd": lambda: winograd.conv3x3(x, conv, relu=True),  # noqa: B023
+                    "bf16 autocast": lambda: _bf16(lambda: relu(conv(x))),  # noqa: B023
+                    "bf16 prepack": lambda: cpu_kernels.prepacked(x, conv, True, torch.bfloat16)}  # noqa: B023
+            if not winograd.candidate(conv):
+                runs.pop("Winograd")
             ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1).relu()
-            one = torch.nn.functional.relu(conv(x))
-            win = winograd.conv3x3(x, conv, relu=True)
-            err = [((o.double() - ref).abs().max() / ref.abs().max()).item() for o in (one, win)]
-            ts = {"one": [], "win": []}
+            err = {n: ((runs[n]().double() - ref).abs().max() / ref.abs().max()).item() for n in ("prepack", "Winograd")
+                   if n in runs}
+            ts: dict = {n: [] for n in runs}
             for r in range(a.warmup + a.runs):
-                t1 = timed(lambda: torch.nn.functional.relu(conv(x)), "cpu")  # noqa: B023
-                t2 = timed(lambda: winograd.conv3x3(x, conv, relu=True), "cpu")  # noqa: B023
-                if r >= a.warmup:
-                    ts["one"].append(t1)
-                    ts["win"].append(t2)
-            t1, t2 = median(ts["one"]), median(ts["win"])
-            fixed = winograd.eligible(conv)  # what runs with runtime.winograd_tune=False
-            tuned = winograd.candidate(conv) and tuning.decide(  # the default
-                winograd.WinogradConv2d.from_conv(conv, relu=torch.nn.ReLU()), x)[0]
-            total[0] += t1
-            total[1] += t2 if fixed else t1
-            total[2] += t2 if tuned else t1
-            print(f"| {name} | {conv.in_channels} -> {conv.out_channels} | {x.shape[2]}x{x.shape[3]} | {t1:.4f} | "
-                  f"{t2:.4f} | {t1 / t2:.2f}x | {err[0]:.1e} | {err[1]:.1e} | {'yes' if fixed else 'no'} | "
-                  f"{'yes' if tuned else 'no' if winograd.candidate(conv) else 'no (not a candidate)'} |")
-            x = one
-    print(f"\nAll 3x3 convs (this table's timings): oneDNN {total[0]:.3f} s, fixed rule {total[1]:.3f} s "
-          f"({total[0] / total[1]:.2f}x), as tuned {total[2]:.3f} s ({total[0] / total[2]:.2f}x)")
+                for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                    t = timed(runs[n], "cpu")
+                    if r >= a.warmup:
+                        ts[n].append(t)
+            t = {n: median(v) for n, v in ts.items()}
+            usable = cpu_kernels.kernels_for(fast, x)
+            fixed = cpu_kernels.fixed_choice(fast, usable)
+            tuned = tuning.decide(fast, x, usable)[0] if len(usable) > 1 else usable[0]
+            label = {"prepack": "prepack", "winograd": "Winograd"}
+            for n in names:
+                total[n] += t.get(n, t["oneDNN"])
+            total["fixed"] += t[label[fixed]]
+            total["tuned"] += t[label[tuned]]
+            cells = " | ".join(f"{t[n]:.4f}" if n in t else "-" for n in names)
+            print(f"| {name} | {conv.in_channels} -> {conv.out_channels} | {x.shape[2]}x{x.shape[3]} | {cells} | "
+                  f"{err['prepack']:.1e} | {err.get('Winograd', float('nan')):.1e} | {fixed} | {tuned} |")
+            x = relu(conv(x))
+    print("\nAll 3x3 convs (this table's timings): " + ", ".join(
+        f"{n} {v:.3f} s" for n, v in total.items()) + f"; as tuned {total['oneDNN'] / total['tuned']:.2f}x the "
+        "plain oneDNN convs")
+
+
+def _bf16(fn):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn()
 
 
 def print_table(a, variants, times, gpu_peak, rss, ndet) -> None:

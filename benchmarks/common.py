@@ -150,11 +150,14 @@ def peak_rss_mib() -> float:
 def machine(device: str = "cpu") -> str:
     import torchvision
 
-    from vggdet.runtime import cpu_model
+    from vggdet.runtime import cpu_flags, cpu_model
 
     cpu = cpu_model()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    flags = " ".join(f for f in wanted if f in cpu_flags()) or "none of " + "/".join(wanted)
 
-    s = (f"CPU {cpu} ({os.cpu_count()} cores visible), torch.get_num_threads()={torch.get_num_threads()}, "
+    s = (f"CPU {cpu} [flags: {flags}] ({os.cpu_count()} cores visible), "
+         f"torch.get_num_threads()={torch.get_num_threads()}, "
          f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}")
     if torch.device(device).type == "cuda":
         s += f", GPU {torch.cuda.get_device_name()}"

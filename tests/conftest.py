@@ -87,6 +87,15 @@ def legacy_shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fp32_everywhere():
+    """runtime.precision=auto means bf16 on CPUs with native bf16: the tests pin fp32 (VGGDET_PRECISION, which
+    tools run as subprocesses inherit) so they give the same numbers on every host."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VGGDET_PRECISION", "fp32")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def winograd_cache_dir(tmp_path_factory) -> Path:
     """VGGDET_CACHE_DIR in a temp folder for the whole session (tools run as subprocesses inherit it): the
     Winograd tuning decisions (vggdet/model/winograd.py) never go to the real ~/.cache."""

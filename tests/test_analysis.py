@@ -1,9 +1,15 @@
 """Error analysis: TIDE errors and oracles on hand-made cases, against the authors' tidecv and against
-COCOeval (COCO128), the confusion matrix's sums, the report page, the tool and test_det.py --report."""
+COCOeval (COCO128), the confusion matrix's sums, the report page, the tool and test_det.py --report.
+
+tidecv's numbers come from tests/fixtures/tide_reference.json (made by tests/fixtures/make_tide_reference.py
+in a throwaway venv: tidecv needs opencv-python, which has no place in a user's install); each entry holds a
+fingerprint of its inputs, so a changed case fails until the fixture is made again."""
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import importlib.util
 import io
 import json
 import subprocess
@@ -13,7 +19,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SHAPES_CONFIG, run_tool, tiny_train_overrides
+from conftest import FIXTURES, ROOT, SHAPES_CONFIG, run_tool, tiny_train_overrides
 
 from vggdet.evaluation import write_voc_results
 from vggdet.evaluation.analysis import ERROR_TYPES, SPECIAL_TYPES, analyze
@@ -96,17 +102,19 @@ def test_difficult_and_crowd_boxes_are_ignored():
     assert a["confusion"]["matrix"] == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]  # the class-b one on nothing
 
 
+# In a crowd box, IoU 1/3 with the normal box G3: ignored (not counted), but as in tidecv its Loc error
+# claims G3 (no Miss) and the Loc oracle adds it as a TP.
+IGNORED_CLAIMS = ({"boxes": np.array([G1, G3, [40, 0, 200, 100]], float), "labels": np.array([1, 1, 1]),
+                   "iscrowd": np.array([False, False, True])}, _det(TP1, ([45, 0, 55, 10], 1, 0.8)))
+
+
 def test_ignored_detection_still_claims_its_box_as_in_tidecv():
-    # In a crowd box, IoU 1/3 with the normal box G3: ignored (not counted), but as in tidecv its Loc error
-    # claims G3 (no Miss) and the Loc oracle adds it as a TP.
-    gt = {"boxes": np.array([G1, G3, [40, 0, 200, 100]], float), "labels": np.array([1, 1, 1]),
-          "iscrowd": np.array([False, False, True])}
-    det = _det(TP1, ([45, 0, 55, 10], 1, 0.8))
+    gt, det = IGNORED_CLAIMS
     a = analyze([gt], [det], ["a"])
     assert sum(a["tide_counts"].values()) == 0 and a["settings"]["num_ignored_dets"] == 1
     assert a["tide"]["AP50"] == pytest.approx(100 * 51 / 101) and a["tide"]["Loc"] == pytest.approx(100 * 50 / 101)
     assert a["gallery"] == []
-    ref, _ = _tidecv_numbers([gt], [det])
+    ref, _ = tide_reference("ignored_claims_box", [gt], [det])
     assert a["tide"] == pytest.approx(ref, abs=1e-9)
 
 
@@ -166,32 +174,50 @@ def test_confusion_matrix_cells_by_hand():
 
 
 # -------------------------------------------------------------------------------- tidecv and COCOeval
-def _tidecv_numbers(gts: list, dets: list) -> tuple:
-    """tidecv's AP50, dAPs and counts for in-memory cases (crowd boxes: its ignore regions)."""
-    tidecv = pytest.importorskip("tidecv", reason="the reference TIDE package (pip install tidecv) is missing")
-    g, p = tidecv.Data("gt"), tidecv.Data("dets")
-    for i, (a, d) in enumerate(zip(gts, dets)):
-        crowd = a.get("iscrowd", np.zeros(len(a["labels"]), bool)).tolist()
-        for box, k, c in zip(a["boxes"].tolist(), a["labels"].tolist(), crowd):
-            add = g.add_ignore_region if c else g.add_ground_truth
-            add(i, k, [box[0], box[1], box[2] - box[0], box[3] - box[1]])
-        for box, k, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
-            p.add_detection(i, k, s, [box[0], box[1], box[2] - box[0], box[3] - box[1]])
-    return _tidecv_run(tidecv, g, p)
+TIDE_REFERENCE = FIXTURES / "tide_reference.json"
+MAKE_REFERENCE = FIXTURES / "make_tide_reference.py"
 
 
-def _tidecv_run(tidecv, gt, preds) -> tuple:
-    tide = tidecv.TIDE()
-    with contextlib.redirect_stdout(io.StringIO()):
-        run = tide.evaluate(gt, preds, mode=tidecv.TIDE.BOX)
-        errors = {**tide.get_main_errors()[preds.name], **tide.get_special_errors()[preds.name]}
-    return {"AP50": run.ap, **errors}, {e.short_name: n for e, n in run.count_errors().items()}
+def fingerprint(inputs) -> str:
+    """A short sha256 of a case's inputs (arrays, dicts, lists; floats rounded to 1e-4)."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in sorted(x.items())}
+        if isinstance(x, (list, tuple, np.ndarray)):
+            return [plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+        if isinstance(x, (bool, np.bool_)):
+            return bool(x)
+        if isinstance(x, (int, np.integer)):
+            return int(x)
+        return round(float(x), 4) if isinstance(x, (float, np.floating)) else x
+    return hashlib.sha256(json.dumps(plain(inputs)).encode()).hexdigest()[:16]
+
+
+def tide_reference(name: str, *inputs) -> tuple:
+    """tidecv's (AP50 and dAPs, error counts) for case `name`, from the fixture made for these inputs."""
+    entry = json.loads(TIDE_REFERENCE.read_text())["cases"][name]
+    assert entry["inputs"] == fingerprint(inputs), (
+        f"case {name} changed since {TIDE_REFERENCE.name} was made: run {MAKE_REFERENCE.relative_to(ROOT)} "
+        "again (tests/fixtures/README.md)")
+    return entry["tide"], entry["counts"]
+
+
+def test_tide_reference_matches_live_tidecv():
+    # where tidecv is installed, the fixture's hand cases are made again, live, with the fixture's own script
+    pytest.importorskip("tidecv", reason="tidecv is not installed (the fixture holds its numbers)")
+    spec = importlib.util.spec_from_file_location("make_tide_reference", MAKE_REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = json.loads(TIDE_REFERENCE.read_text())["cases"]
+    for name, entry in module.hand_cases().items():
+        assert entry["inputs"] == saved[name]["inputs"] and entry["counts"] == saved[name]["counts"], name
+        assert entry["tide"] == pytest.approx(saved[name]["tide"], abs=1e-9), name
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hand_cases_agree_with_tidecv(name):
     gt, det, _, _ = CASES[name]
-    ref, ref_counts = _tidecv_numbers([gt], [det])
+    ref, ref_counts = tide_reference(name, [gt], [det])
     a = analyze([gt], [det], ["a", "b"])
     assert a["tide"] == pytest.approx(ref, abs=1e-9) and a["tide_counts"] == ref_counts
 
@@ -226,20 +252,27 @@ def perturbed_detections(ds, seed: int) -> list:
     return res
 
 
+def coco128_files(coco128_root, folder) -> tuple:
+    """(ground-truth JSON, results JSON) in `folder`: COCO128 with box areas, and perturbed_detections (seed
+    0) on it; the fixture's script makes tidecv's numbers from the same two files."""
+    from vggdet.data.coco import COCODetection
+
+    d = json.loads((coco128_root / "annotations" / "instances_train2017.json").read_text())
+    for x in d["annotations"]:
+        x["area"] = x["bbox"][2] * x["bbox"][3]  # the box's area: vggdet's size rule (COCO's is the mask's)
+    gt_path, res_path = folder / "gt.json", folder / "dets.json"
+    gt_path.write_text(json.dumps(d))
+    res_path.write_text(json.dumps(perturbed_detections(COCODetection("", str(gt_path), train=False), seed=0)))
+    return gt_path, res_path
+
+
 @pytest.fixture(scope="module")
 def coco128(tmp_path_factory, coco128_root) -> tuple:
     """(dataset, ground-truth JSON, results JSON, analysis) on COCO128 (its 10 crowd boxes included) with
     perturbed detections, read by the tool's own COCO reader."""
-    from vggdet.data.coco import COCODetection
     from vggdet.evaluation import load_coco_with_results
 
-    tmp_path = tmp_path_factory.mktemp("coco128")
-    d = json.loads((coco128_root / "annotations" / "instances_train2017.json").read_text())
-    for x in d["annotations"]:
-        x["area"] = x["bbox"][2] * x["bbox"][3]  # the box's area: vggdet's size rule (COCO's is the mask's)
-    gt_path, res_path = tmp_path / "gt.json", tmp_path / "dets.json"
-    gt_path.write_text(json.dumps(d))
-    res_path.write_text(json.dumps(perturbed_detections(COCODetection("", str(gt_path), train=False), seed=0)))
+    gt_path, res_path = coco128_files(coco128_root, tmp_path_factory.mktemp("coco128"))
     ds, dets = load_coco_with_results(str(gt_path), str(res_path))
     anns = [ds.get_annotation(i) for i in range(len(ds))]
     return ds, gt_path, res_path, analyze(anns, dets, ds.classes, ds.image_ids)
@@ -247,11 +280,8 @@ def coco128(tmp_path_factory, coco128_root) -> tuple:
 
 def test_coco128_agrees_with_tidecv(coco128):
     # Every number within 0.1 AP points; what is left comes from the recall thresholds (linspace vs i / 100).
-    tidecv = pytest.importorskip("tidecv", reason="the reference TIDE package (pip install tidecv) is missing")
     _, gt_path, res_path, a = coco128
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt, preds = tidecv.datasets.COCO(str(gt_path)), tidecv.datasets.COCOResult(str(res_path))
-    ref, ref_counts = _tidecv_run(tidecv, gt, preds)
+    ref, ref_counts = tide_reference("coco128", json.loads(res_path.read_text()))
     diff = {k: abs(a["tide"][k] - ref[k]) for k in ref}
     assert max(diff.values()) < 0.1, diff
     assert min(a["tide"][t] for t in ERROR_TYPES) > 0.3  # every error type is really exercised
@@ -393,3 +423,83 @@ def test_test_det_report(tmp_path):
     assert a["settings"]["num_dets"] == sum(1 for f in (tmp_path / "t").glob("comp4_det_test_*.txt")
                                             for line in f.read_text().splitlines() if line)
     assert (tmp_path / "t" / "report" / "report.html").is_file() and "FalseNeg" in r.stdout
+
+
+# ------------------------------------------------------------------------------------- #24: the report's words
+def test_report_counts_every_box_in_the_files(voc_run, tmp_path):
+    # "N ground-truth boxes (2 ignored ...)" where N left the 2 difficult boxes out of the XML files' count
+    from vggdet.evaluation.report import analyze_results_dir
+
+    d, root, ds = voc_run
+    a = analyze_results_dir(ds, str(d / "res"), str(tmp_path / "rep"), progress=False)
+    in_files = sum(open(f"{root}/Annotations/{i}.xml").read().count("<object>") for i in ds.image_ids)
+    assert a["settings"]["num_gt"] == in_files - 2
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"{in_files} ground-truth boxes, of which 2 difficult (ignored, as in the devkit);" in page
+
+
+def test_report_headline_names_both_metrics(voc_run, tmp_path):
+    # test_det printed "mAP (voc07) 93.89" while the report's headline said "AP50 99.33", unlabelled
+    from vggdet.evaluation import evaluate, read_voc_results
+    from vggdet.evaluation.report import analyze_dataset
+
+    d, root, ds = voc_run
+    dets = read_voc_results(str(d / "res"), "test", ds.classes, ds.image_ids)
+    metrics = evaluate(ds, dets, metric="voc07")
+    a = analyze_dataset(ds, dets, str(tmp_path / "rep"), progress=False, eval_metrics=metrics)
+    voc07, ap50 = round(100 * metrics["mAP"], 2), round(a["tide"]["AP50"], 2)
+    assert voc07 != ap50 and a["headline"]["metrics"] == {"mAP (voc07)": voc07,
+                                                          "AP50 (TIDE, COCO-style 101-point)": ap50}
+    assert "11-point" in a["headline"]["note"] and "101 points" in a["headline"]["note"]
+    assert json.loads((tmp_path / "rep" / "analysis.json").read_text())["headline"] == a["headline"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"<b>mAP (voc07)</b>{voc07:.2f}" in page and f"<b>AP50 (TIDE, COCO-style 101-point)</b>{ap50:.2f}" in page
+    assert "They differ because the VOC07 mAP is the devkit&#x27;s 11-point AP" in page
+
+
+def test_report_without_images_says_so_once_and_names_files(tmp_path):
+    # COCO results without --images: grey tiles, nothing on the console, tiles named by numeric id only
+    from vggdet.data.coco import COCODetection
+    from vggdet.data.shapes import make_shapes
+
+    root = make_shapes(str(tmp_path / "coco"), "coco", num_train=1, num_test=6, size=96, seed=1)
+    ann = f"{root}/annotations/test.json"
+    ds = COCODetection(f"{root}/images", ann, train=False)
+    rng = np.random.default_rng(0)
+    res = [{"image_id": int(i), "category_id": int(ds.label_to_cat_id[1]), "score": float(rng.random()),
+            "bbox": [float(x) for x in rng.uniform(0, 40, 2)] + [30.0, 30.0]} for i in ds.image_ids]
+    (tmp_path / "dets.json").write_text(json.dumps(res))
+    r = run_tool(["tools/analyze_det.py", "--coco-ann", ann, "--results", str(tmp_path / "dets.json"),
+                  "--out", str(tmp_path / "rep")])  # the default image folder, <root>/test, does not exist
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "gallery images not found" in warned[0] and "--images" in warned[0], r.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "were not found" in page and "--images IMAGE_DIR" in page
+    first = json.loads((tmp_path / "rep" / "analysis.json").read_text())["gallery"][0]
+    name = ds.coco.imgs[first["image_id"]]["file_name"]
+    assert f"</b>{name} (id {first['image_id']})</figcaption>" in page
+    # with the images: no warning, no note
+    r = run_tool(["tools/analyze_det.py", "--coco-ann", ann, "--results", str(tmp_path / "dets.json"),
+                  "--out", str(tmp_path / "rep2"), "--images", f"{root}/images"])
+    assert r.returncode == 0 and "warning:" not in r.stderr, r.stderr
+    assert "were not found" not in (tmp_path / "rep2" / "report.html").read_text()
+
+
+def test_pr_legend_sits_beside_the_curves():
+    # the legend (7 pt, lower left) covered the curves; now it is outside the axes, in a readable size
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggdet.evaluation.report import _plot_pr
+
+    gts, dets = random_problem(np.random.default_rng(1))
+    fig = _plot_pr(plt, analyze(gts, dets, ["a", "b", "c", "d"]))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
+    plt.close(fig)

@@ -137,3 +137,32 @@ def test_checkpoint_that_does_not_fit_the_config(tiny_ckpt, tmp_path, small_shap
     (tmp_path / "cut.pth").write_bytes(full[: len(full) // 2])
     with pytest.raises(CheckpointError, match="cut.pth: cannot read checkpoint, truncated or corrupt"):
         load_checkpoint(str(tmp_path / "cut.pth"))
+
+
+@pytest.mark.parametrize("saved,loaded,cause", [
+    (["model.backbone.depth=16"], ["model.backbone.depth=19"],
+     "the checkpoint is a VGG16 (13 convs); the config says model.backbone.depth=19 (16 convs) "
+     "(model.backbone.depth=16 fits the checkpoint)"),
+    (["model.backbone.depth=19"], ["model.backbone.depth=11"],
+     "the checkpoint is a VGG19 (16 convs); the config says model.backbone.depth=11 (8 convs) "
+     "(model.backbone.depth=19 fits the checkpoint)"),
+    ([], ["model.backbone.batch_norm=True"],
+     "the checkpoint's backbone has no batch norm layers; the config says model.backbone.batch_norm=True "
+     "(model.backbone.batch_norm=False fits the checkpoint)"),
+    (["model.backbone.batch_norm=True"], ["model.backbone.depth=13", "model.backbone.batch_norm=False"],
+     "the checkpoint is a VGG16 (13 convs); the config says model.backbone.depth=13 (10 convs); the checkpoint's "
+     "backbone has batch norm layers; the config says model.backbone.batch_norm=False "
+     "(model.backbone.depth=16 model.backbone.batch_norm=True fits the checkpoint)"),
+    ([], ["model.backbone.width=0.25"], "another model.backbone.width / rpn.conv_channels"),
+])
+def test_backbone_mismatch_names_depth_and_batch_norm(tmp_path, saved, loaded, cause):
+    # #24: `--set model.backbone.depth=19` on a VGG16 checkpoint was blamed on the width / rpn.conv_channels
+    from vggdet.training.checkpoint import load_detector
+
+    cfg = load_config(None, TINY + saved)
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(path, make_checkpoint(build_detector(cfg), cfg, ["a", "b"]))
+    with pytest.raises(CheckpointError) as e:
+        load_detector(path, overrides=loaded)
+    line = str(e.value)
+    assert line.startswith(f"{path}: ") and cause in line and "\n" not in line, line

@@ -90,3 +90,23 @@ def test_console_command_bad_input_is_one_line(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint" * 10)
     r = _run([str(exe), str(tmp_path / "junk.pth")])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "junk.pth" in r.stderr, r.stderr
+
+
+def test_shapes_checks_out_before_drawing(tmp_path, monkeypatch, capsys):
+    # #24: `vggdet-shapes --out <a file>` drew every image, then failed with "[Errno 20] Not a directory"
+    import vggdet.data.shapes as shapes
+    from vggdet.cli.shapes import main
+
+    def no_drawing(*args):
+        raise AssertionError("an image was drawn before --out was checked")
+
+    monkeypatch.setattr(shapes, "render_image", no_drawing)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("x")
+    for out, why in (("a_file", "a file, not a folder"), ("full", "not empty"),
+                     ("a_file/sub", "cannot write there (Not a directory)")):
+        assert main(["--out", str(tmp_path / out), "--num", "20"]) == 2, out
+        assert capsys.readouterr().err == f"error: --out {tmp_path / out}: {why}" + (
+            "; give a new or empty folder\n" if out != "a_file/sub" else "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full"]  # no temp folders left behind

@@ -303,6 +303,21 @@ def test_dataloader_types_and_seeded_order(shapes_voc: Path) -> None:
     assert [t["index"] for _, ts in test for t in ts] == list(range(8))
 
 
+
+def test_generating_shapes_says_where_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    # #24: a shapes config silently wrote its images into ./data/shapes of whatever folder a tool ran from
+    from vggdet.data import build_dataset
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.format=shapes", "data.root=data/shapes", "data.shapes_num_train=3",
+                             "data.shapes_num_test=2", "data.shapes_size=64"])
+    assert len(build_dataset(cfg, "test")) == 2
+    err = capsys.readouterr().err
+    assert err == (f"generating the shapes dataset (3 train / 2 test images, 64 px) into "
+                   f"{tmp_path.resolve() / 'data' / 'shapes'} (data.root)\n")
+    build_dataset(cfg, "train")  # already there: nothing to say
+    assert capsys.readouterr().err == ""
+
 def test_aspect_grouping_same_orientation() -> None:
     groups = [0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1]
     sampler = GroupedBatchSampler(SeededSampler(len(groups), shuffle=True, seed=0), groups, 3)

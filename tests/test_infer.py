@@ -409,6 +409,25 @@ def test_rerun_skips_its_own_output_folder_inside_the_inputs(env, tmp_path):
     assert not [p for p in images if "annotated" in p] and len(images) == 4
 
 
+def test_format_yolo_writes_label_files_that_match_the_jsonl(env, tmp_path):
+    d, _ = env
+    r = _cli(str(d / "full.pt"), str(d / "imgs" / "a.jpg"), str(d / "imgs" / "sub" / "a.jpg"), "--out",
+             str(tmp_path / "o"), "--format", "yolo", "--no-draw", *LOW)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "classes.txt").read_text().split() == CLASSES
+    for rec in _jsonl(tmp_path / "o" / "detections.jsonl"):
+        name = os.path.relpath(rec["file"], d / "imgs")
+        lines = (tmp_path / "o" / "labels" / name.replace(".jpg", ".txt")).read_text().splitlines()
+        assert len(lines) == len(rec["detections"]) > 0
+        w, h = rec["width"], rec["height"]
+        for line, det in zip(lines, rec["detections"]):
+            c, cx, cy, bw, bh, score = line.split()
+            assert CLASSES[int(c)] == det["label"] and float(score) == pytest.approx(det["score"], abs=1e-4)
+            box = [(float(cx) - float(bw) / 2) * w, (float(cy) - float(bh) / 2) * h,
+                   (float(cx) + float(bw) / 2) * w, (float(cy) + float(bh) / 2) * h]
+            assert box == pytest.approx(det["box"], abs=1e-3 * max(w, h))
+
+
 def test_list_files_name_images_relative_to_the_list(env, tmp_path, capsys):
     d, _ = env
     (tmp_path / "list.txt").write_text(f"# images\n{d / 'imgs' / 'a.jpg'}\n\nrel/x.png\n{d / 'imgs' / 'a.jpg'}\n"

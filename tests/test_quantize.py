@@ -1,5 +1,5 @@
 """int8: tools/quantize.py on a tiny trained model (the legacy fixture), its detections against fp32, the
-`test.precision` rules and the one-line errors."""
+`runtime.precision` rules and the one-line errors."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,7 @@ def _matched(ref: dict, got: dict, min_score: float) -> float:
 def test_int8_model_loads_everywhere_and_stays_close_to_fp32(int8, legacy_shapes, tmp_path):
     model = onnx.load(str(int8))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["precision"] == "int8" and json.loads(meta["config"])["test"]["precision"] == "int8"
+    assert meta["precision"] == "int8" and json.loads(meta["config"])["runtime"]["precision"] == "int8"
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("DequantizeLinear") >= 2 * 15  # weights and activations of the 13 convs, rpn conv, fc6/7
     det = Detector.from_checkpoint(str(int8))
@@ -81,12 +81,15 @@ def test_svd_checkpoint_and_calibration_folder(tmp_path, legacy_shapes):
 
 
 def test_precision_rules_and_errors(int8, tmp_path):
-    r = run_tool(["tools/test_det.py", str(int8), "--set", "test.precision=fp32"])
-    assert r.returncode == 2 and "test.precision=fp32 but this export is int8" in r.stderr
-    r = run_tool(["tools/test_det.py", str(LEGACY), "--set", "test.precision=int8"])
+    r = run_tool(["tools/test_det.py", str(int8), "--set", "runtime.precision=fp32"])
+    assert r.returncode == 2 and "runtime.precision=fp32 but this export is int8" in r.stderr
+    r = run_tool(["tools/test_det.py", str(int8), "--set", "test.precision=fp32"])  # the 0.1 key: one rule
+    assert r.returncode == 2 and "'test.precision' is deprecated; use 'runtime.precision'" in r.stderr
+    assert "runtime.precision=fp32 but this export is int8" in r.stderr
+    r = run_tool(["tools/test_det.py", str(LEGACY), "--set", "runtime.precision=int8"])
     assert r.returncode == 2 and "python tools/quantize.py" in r.stderr
     r = run_tool(["tools/infer.py", str(LEGACY), str(FIXTURES / "legacy_image.png"), "--out", str(tmp_path / "o"),
-                  "--set", "test.precision=bf16"])
+                  "--set", "runtime.precision=bf16"])
     if {"avx512_bf16", "amx_bf16"} & cpu_flags():
         assert r.returncode == 0, r.stderr[-2000:]
     else:

@@ -151,7 +151,8 @@ def test_a_killed_actor_is_replaced_and_every_image_is_written_once(ray_address,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            stats = run_images_on_ray(factory, paths, str(out), Workers(2, 1, 0), score_thr=0.0, batch=2)
+            stats = run_images_on_ray(factory, paths, str(out), Workers(2, 1, 0), score_thr=0.0, batch=2,
+                                      yolo=True, classes=["circle", "square"])
         finally:
             done.set()
             killer.join(10)
@@ -167,10 +168,13 @@ def test_a_killed_actor_is_replaced_and_every_image_is_written_once(ray_address,
 
     threads = torch.get_num_threads()
     with factory() as predictor:
-        run_images(predictor, paths[:6], str(tmp_path / "one"), score_thr=0.0, draw=False, progress=False)
+        run_images(predictor, paths[:6], str(tmp_path / "one"), score_thr=0.0, draw=False, yolo=True,
+                   names={p: os.path.basename(p) for p in paths[:6]}, progress=False)
     torch.set_num_threads(threads)
     assert (tmp_path / "one" / "detections.jsonl").read_text().splitlines() == \
         (out / "detections.jsonl").read_text().splitlines()[:6]
+    for p in ["classes.txt"] + [f"labels/{os.path.basename(p)[:-4]}.txt" for p in paths[:6]]:  # --format yolo
+        assert (tmp_path / "one" / p).read_text() == (out / p).read_text(), p
 
 
 def test_no_cluster_at_the_address_is_one_line_and_writes_nothing(inputs, tiny_ckpt, tmp_path):

@@ -89,3 +89,29 @@ def test_train_step_under_autocast_on_device():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert next(model.parameters()).device.type == torch.device(DEVICE).type
+
+
+def test_precision_auto_is_bf16_where_the_cpu_has_it_and_one_rule(monkeypatch):
+    from vggdet import runtime
+    from vggdet.runtime import inference_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("VGGDET_PRECISION", raising=False)
+    for flags, want in (({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16), ({"avx2", "amx_bf16"}, torch.bfloat16),
+                        ({"avx2", "avx512f", "avx512_vnni"}, None)):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda f=flags: f)
+        dtype, why = inference_precision(load_config(None), cpu)
+        assert dtype == want and why.startswith("auto"), (flags, why)
+        assert inference_precision(load_config(None, ["runtime.precision=fp32"]), cpu)[0] is None
+        assert inference_precision(load_config(None, ["runtime.amp=true"]), cpu)[0] == torch.bfloat16  # --amp
+    with pytest.raises(ValueError, match="runtime.precision=bf16: this CPU .* has no native bf16"):
+        inference_precision(load_config(None, ["runtime.precision=bf16"]), cpu)
+    monkeypatch.setenv("VGGDET_PRECISION", "fp32")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    assert inference_precision(load_config(None), cpu) == (None, "auto, pinned by VGGDET_PRECISION=fp32")
+    with pytest.raises(ValueError, match="needs a quantized model"):
+        inference_precision(load_config(None, ["runtime.precision=int8"]), cpu)
+    with pytest.warns(FutureWarning, match="'test.precision' is deprecated; use 'runtime.precision'"):
+        assert load_config(None, ["test.precision=bf16"]).runtime.precision == "bf16"
+    # training keeps its own rule: auto precision never reaches it
+    assert amp_dtype(load_config(None).runtime, cpu) is None

@@ -136,3 +136,60 @@ def test_bad_config_key_is_one_line_error(tmp_path):
     out = run_tool(["tools/train_det.py", SHAPES_CONFIG, "--set", "train.lrr=0.1"])
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "did you mean 'train.lr'" in out.stderr
+
+
+
+def fake_evaluations(monkeypatch, maps: list) -> None:
+    """The trainer's evaluations return these mAPs in turn, without predicting (fast, deterministic)."""
+    import vggdet.training.trainer as trainer_module
+    from vggdet.inference.dataset import Evaluation
+
+    left = list(maps)
+
+    def evaluate_predictor(*args, **kwargs):
+        return Evaluation({"metric": "voc07", "mAP": left.pop(0),
+                           "per_class": {"circle": 0.0, "square": 0.0, "triangle": 0.0}}, None, [])
+
+    monkeypatch.setattr(trainer_module, "evaluate_predictor", evaluate_predictor)
+
+
+def test_resumed_run_never_replaces_best_with_a_worse_model(tmp_path, monkeypatch):
+    # #24: latest.pth / epoch_N.pth were saved before the final evaluation, so they carried the best mAP of the
+    # evaluation before; a resumed run then let a worse model (0.45 < 0.56) overwrite best.pth.
+    work = tmp_path / "work"
+    over = tiny_train_overrides(tmp_path, "data.shapes_num_train=8", "train.eval_interval=1", "train.lr_steps=[1]",
+                                "train.keep_last=5")
+    fake_evaluations(monkeypatch, [0.36, 0.56])
+    train(load_config(SHAPES_CONFIG, over + ["train.epochs=2"]), str(work))
+    best = load_checkpoint(str(work / "best.pth"))
+    assert (best["epoch"], best["best_map"]) == (2, 0.56)
+    for name in ("latest.pth", "epoch_2.pth"):  # every checkpoint carries the best mAP up to its own state
+        assert load_checkpoint(str(work / name))["best_map"] == 0.56, name
+    assert load_checkpoint(str(work / "epoch_1.pth"))["best_map"] == 0.36
+    fake_evaluations(monkeypatch, [0.45, 0.50])
+    train(load_config(SHAPES_CONFIG, over + ["train.epochs=4"]), str(work), resume="auto")
+    best = load_checkpoint(str(work / "best.pth"))
+    assert (best["epoch"], best["best_map"]) == (2, 0.56)
+    assert load_checkpoint(str(work / "latest.pth"))["best_map"] == 0.56
+    # resuming from an older epoch_N.pth (best so far 0.36) does not demote best.pth either
+    fake_evaluations(monkeypatch, [0.45, 0.40])
+    train(load_config(SHAPES_CONFIG, over + ["train.epochs=3"]), str(work), resume=str(work / "epoch_1.pth"))
+    assert load_checkpoint(str(work / "best.pth"))["best_map"] == 0.56
+
+
+def test_evaluation_stopped_mid_epoch_names_that_epoch(tmp_path, monkeypatch, capsys):
+    # #24: train.max_iters=10 with 4 iterations per epoch stops in epoch 3 (2 of its 4 iterations); the
+    # evaluation said "after epoch 2" and recorded epoch 2.
+    work = tmp_path / "work"
+    fake_evaluations(monkeypatch, [0.5])
+    over = tiny_train_overrides(tmp_path, "data.shapes_num_train=8", "train.epochs=5", "train.max_iters=10")
+    metrics = train(load_config(SHAPES_CONFIG, over), str(work))
+    out = capsys.readouterr().out
+    assert "evaluation after iteration 10 (mid-epoch 3: 2 of 4 iterations; train.max_iters=10)" in out, out
+    assert "after epoch 2" not in out
+    (rec,) = read_log(work, "eval")
+    saved = json.loads((work / "metrics.json").read_text())
+    for m in (rec, saved, metrics):
+        assert (m["epoch"], m["iter"], m["iter_in_epoch"]) == (3, 10, 2), m
+    ckpt = load_checkpoint(str(work / "latest.pth"))
+    assert (ckpt["epoch"], ckpt["iter_in_epoch"], ckpt["best_map"]) == (2, 2, 0.5)  # the resume state: unchanged

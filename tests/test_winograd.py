@@ -1,5 +1,6 @@
-"""Winograd F(4x4,3x3) for CPU inference (vggdet/model/winograd.py): exact to float32 rounding, a conversion of
-the model that the predictor applies (never `model.eval()`), and detections equal to the plain path's.
+"""The CPU inference kernels (vggdet/model/cpu_kernels.py: prepacked oneDNN convs and fc layers, Winograd
+F(4x4,3x3) of vggdet/model/winograd.py): exact to float32 rounding, a conversion of the model that the
+predictor applies (never `model.eval()`), and detections equal to the plain path's.
 
 VGGDET_TEST_DEVICE=cuda runs the device tests on the GPU (benchmarks/gpu_check.sh does); default cpu.
 """
@@ -15,7 +16,7 @@ from vggdet import build_detector, load_config
 from vggdet.config import RuntimeConfig
 from vggdet.inference.torch_backend import TorchPredictor
 from vggdet.inference.tuning import convert_for_inference
-from vggdet.model import winograd
+from vggdet.model import cpu_kernels, winograd
 
 DEVICE = os.environ.get("VGGDET_TEST_DEVICE", "cpu")
 if DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -41,7 +42,7 @@ def detect(model, imgs, fast, dtype=None):
     """fast: True/False force the CPU fast path (channels_last + Winograd) on/off; None = auto (what the
     predictor does: Winograd for CPU inference, each conv's path timed once)."""
     model.channels_last = fast
-    winograd.revert(model)
+    cpu_kernels.revert(model)
     convert_for_inference(model, RuntimeConfig(winograd=fast), torch.device(DEVICE))
     with torch.inference_mode(), torch.autocast(torch.device(DEVICE).type, dtype=dtype or torch.float32,
                                                 enabled=dtype is not None):
@@ -77,14 +78,14 @@ def test_full_width_backbone_fast_paths_match():
         tol = dict(rtol=1e-3, atol=1e-3 * plain.abs().max().item())
         torch.testing.assert_close(model.backbone(x.contiguous(memory_format=torch.channels_last)), plain, **tol)
         if DEVICE == "cpu":
-            assert winograd.convert(model.backbone) == 12  # conv1_2..conv5_3 (conv1_1: 3 channels)
+            assert cpu_kernels.convert(model.backbone) == 13  # conv1_1..conv5_3
             torch.testing.assert_close(model.backbone(x), plain, **tol)
 
 
 # ------------------------------------------------------------------------------------------ Winograd
 # SMALL (width 0.25): every 3x3 conv but conv1_1 (3 input channels) is converted and fuses the ReLU after
 # it; the RPN conv (128 -> 512) without a fused ReLU (RPN.forward applies F.relu). Name -> fused ReLU.
-SMALL_CONVERTED = {f"backbone.body.{i}": True for i in (2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)}
+SMALL_CONVERTED = {f"backbone.body.{i}": True for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)}
 SMALL_CONVERTED["rpn.conv"] = False
 # Without the timing cache, the fixed rule runs Winograd on conv4_1 (64 -> 128) and conv4_2..conv5_3 (128 -> 128),
 # which reach MIN_IN / MIN_OUT, and the RPN conv; conv1_2..conv3_x are too narrow.
@@ -94,7 +95,7 @@ SMALL_WINOGRAD = {"backbone.body.17": True, "backbone.body.19": True, "backbone.
 
 def converted(model: nn.Module) -> dict:
     """Name -> fused ReLU of every WinogradConv2d in `model`."""
-    return {name: m.relu for name, m in model.named_modules() if isinstance(m, winograd.WinogradConv2d)}
+    return {name: m.relu for name, m in model.named_modules() if isinstance(m, cpu_kernels.FastConv2d)}
 
 
 def count_winograd_calls(monkeypatch) -> list:
@@ -163,8 +164,8 @@ def test_convert_revert_keep_parameters_and_fall_back_where_winograd_does_not_ap
     params, keys = list(seq.parameters()), list(seq.state_dict())
     x = torch.randn(2, 64, 11, 13)
     ref = seq(x).detach()
-    assert winograd.convert(seq) == 2 and winograd.convert(seq) == 0  # fixed rule: no timing
-    assert [type(m) for m in seq] == [winograd.WinogradConv2d, nn.Identity, winograd.WinogradConv2d, nn.Conv2d, nn.ReLU]
+    assert cpu_kernels.convert(seq) == 2 and cpu_kernels.convert(seq) == 0  # fixed rule: no timing
+    assert [type(m) for m in seq] == [cpu_kernels.FastConv2d, nn.Identity, cpu_kernels.FastConv2d, nn.Conv2d, nn.ReLU]
     assert converted(seq) == {"0": True, "2": False}
     assert list(seq.state_dict()) == keys and all(a is b for a, b in zip(seq.parameters(), params, strict=True))
     calls = count_winograd_calls(monkeypatch)
@@ -184,10 +185,10 @@ def test_convert_revert_keep_parameters_and_fall_back_where_winograd_does_not_ap
     with torch.inference_mode():
         torch.testing.assert_close(seq.double()(x.double()), ref.double(), rtol=1e-4, atol=1e-4)
     assert len(calls) == 2
-    assert winograd.revert(seq) == 2 and winograd.revert(seq) == 0
+    assert cpu_kernels.revert(seq) == 2 and cpu_kernels.revert(seq) == 0
     assert [type(m) for m in seq] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.Conv2d, nn.ReLU] and seq[1].inplace
     assert all(a is b for a, b in zip(seq.parameters(), params, strict=True))
-    assert not any(hasattr(m, "_winograd_cache") for m in seq)
+    assert not any(hasattr(m, "_winograd_cache") or hasattr(m, "_packed") for m in seq)
 
 
 def test_eval_and_train_are_plain_pytorch(monkeypatch):
@@ -200,7 +201,7 @@ def test_eval_and_train_are_plain_pytorch(monkeypatch):
     opened = []
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
-    monkeypatch.setattr(winograd, "convert", lambda *a, **k: pytest.fail("eval() converted the model"))
+    monkeypatch.setattr(cpu_kernels, "convert", lambda *a, **k: pytest.fail("eval() converted the model"))
     for _ in range(2):
         model.eval()
         assert {name: type(m) for name, m in model.named_modules()} == modules and not model.training
@@ -221,7 +222,8 @@ def test_predictor_converts_for_cpu_inference_and_close_reverts(monkeypatch):
                for n, relu in SMALL_CONVERTED.items() if relu)
     assert list(model.state_dict()) == keys
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
-    assert winograd.convert(model) == 0
+    assert cpu_kernels.convert(model) == 0
+    assert all(isinstance(getattr(model.roi_head, n), cpu_kernels.PrepackedLinear) for n in ("fc6", "fc7"))
     calls = count_winograd_calls(monkeypatch)
     imgs = [i.cpu() for i in images()]
     fast = predictor.predict_batch(imgs)  # two sizes: two forwards
@@ -231,6 +233,7 @@ def test_predictor_converts_for_cpu_inference_and_close_reverts(monkeypatch):
     assert all(relu == by_name[c][1] for c, relu in calls)
     predictor.close()
     assert converted(model) == {} and list(model.state_dict()) == keys
+    assert type(model.roi_head.fc6) is nn.Linear
     assert all(isinstance(model.get_submodule(f"backbone.body.{int(n.rsplit('.', 1)[1]) + 1}"), nn.ReLU)
                for n, relu in SMALL_CONVERTED.items() if relu)
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
@@ -246,3 +249,30 @@ def test_predictor_converts_for_cpu_inference_and_close_reverts(monkeypatch):
     tgt = {"boxes": torch.tensor([[20.0, 30, 90, 120]]), "labels": torch.tensor([1])}
     sum(model(imgs, [tgt, tgt]).values()).backward()
     assert len(calls) == 2 * len(SMALL_WINOGRAD)
+
+
+def test_prepacked_kernels_equal_the_plain_ops_at_any_size():
+    """The prepacked oneDNN conv is the plain conv with its weight reordered once: equal to float32 rounding,
+    also at sizes other than the one it was packed for; PrepackedLinear equals F.linear; bf16 within bf16."""
+    if not cpu_kernels.onednn_available():
+        pytest.skip("this torch has no oneDNN (mkldnn) ops")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 32, 3, padding=1)
+    lin = nn.Linear(96, 40)
+    with torch.inference_mode():
+        for shape in ((1, 3, 40, 56), (2, 3, 17, 23), (1, 3, 64, 64)):
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last)  # the model's CPU layout
+            torch.testing.assert_close(cpu_kernels.prepacked(x, conv, relu=True), torch.relu(conv(x)), rtol=1e-5,
+                                       atol=1e-6)
+        x = torch.randn(7, 96)
+        fast = cpu_kernels.PrepackedLinear.from_linear(lin)
+        torch.testing.assert_close(fast(x), lin(x), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, ref = fast(x), lin(x)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), ref.float(), rtol=0.02, atol=0.02)
+        lin.weight.mul_(2)  # a changed weight (load_state_dict, an optimizer step): the packed copy follows
+        torch.testing.assert_close(fast(x), lin(x), rtol=1e-5, atol=1e-5)
+    y = fast(torch.randn(7, 96))  # grad enabled: the plain op, autograd-aware
+    y.sum().backward()
+    assert lin.weight.grad is not None

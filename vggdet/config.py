@@ -193,15 +193,21 @@ class TTAConfig:
 
 
 @dataclass
+class TilesConfig:
+    """Sliced inference for small objects (vggdet/inference/tiles.py); off while `size` is None."""
+
+    size: Optional[int] = None  # tile side in image pixels, e.g. 512 (each tile is resized like an image)
+    overlap: float = 0.25  # share of a tile its neighbour covers too: objects up to size * overlap stay whole
+    full_image: bool = True  # also run the whole image, for objects larger than the overlap
+
+
+@dataclass
 class TestConfig:
     metric: Literal["voc07", "voc10", "coco"] = "voc07"
     iou_thresh: float = 0.5
     batch_size: int = 1
     tta: TTAConfig = field(default_factory=TTAConfig)  # off by default: the plain path pays nothing
-    # Arithmetic for testing and inference, each explicit: fp32 (the exact path; `runtime.amp` still
-    # autocasts), bf16 (autocast; needs native bf16: CUDA, or a CPU with avx512_bf16 / AMX), int8 (a model
-    # from tools/quantize.py). Which is fastest depends on the CPU: docs/deploy.md#int8.
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    tiles: TilesConfig = field(default_factory=TilesConfig)  # sliced inference, off by default
 
 
 @dataclass
@@ -223,6 +229,11 @@ class RuntimeConfig:
     winograd_tune: bool = True
     # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
     score_thresh: Optional[float] = None
+    # Arithmetic for testing and inference (training is unaffected: `amp` decides there): auto = bf16
+    # autocast on a CPU with native bf16 (avx512_bf16 or AMX), as OpenVINO does, fp32 elsewhere (the env
+    # variable VGGDET_PRECISION=fp32|bf16 pins what auto means, e.g. for tests); fp32 = the exact path;
+    # bf16 = autocast (needs native bf16); int8 = a model from tools/quantize.py. `amp` on still autocasts.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     # CPU threads of a predictor (torch's intra-op threads, onnxruntime's intra_op_num_threads); None = the
     # library's default (one per core). A Ray worker with --worker-cpus C sets it to C.
     threads: Optional[int] = None
@@ -281,6 +292,7 @@ RENAMED = {
     "train.channels_last": ("runtime.channels_last", lambda v: True if v else None),  # False meant auto
     "test.winograd": ("runtime.winograd", lambda v: None if v else False),  # True meant auto
     "test.score_thresh": ("runtime.score_thresh", _same),
+    "test.precision": ("runtime.precision", _same),  # 0.2: one precision rule for every tool
 }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Optional, Union
 
 import torch
 
 from vggdet.config import RuntimeConfig
 
-__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "autocast", "precision_name", "cpu_flags", "cpu_model"]
+__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "inference_precision", "native_bf16", "autocast",
+           "precision_name", "cpu_flags", "cpu_model"]
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -39,20 +41,42 @@ def amp_dtype(runtime: RuntimeConfig, device: torch.device) -> Optional[torch.dt
 
 
 def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for testing / inference by `test.precision`; a one-line error when the device
-    cannot run it (bf16 without native support) or the model is not the right kind (int8)."""
-    precision = cfg.test.precision
+    """The autocast dtype for testing / inference (see `inference_precision`)."""
+    return inference_precision(cfg, device)[0]
+
+
+def inference_precision(cfg, device: torch.device) -> tuple:
+    """(autocast dtype or None, why) for testing and inference by `runtime.precision`; one rule:
+    explicit bf16 > `runtime.amp` > auto (bf16 on a CPU with native bf16, else fp32) > fp32. A one-line
+    error when the device cannot run it (bf16 without native support) or the model is not the right kind
+    (int8). Training never calls this: `amp_dtype` is its rule."""
+    precision = cfg.runtime.precision
     if precision == "int8":
-        raise ValueError("test.precision=int8 needs a quantized model: python tools/quantize.py CHECKPOINT "
+        raise ValueError("runtime.precision=int8 needs a quantized model: python tools/quantize.py CHECKPOINT "
                          "--out model_int8, then test or run model_int8.onnx")
     if precision == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"test.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp32")
-        if device.type == "cpu" and not ({"avx512_bf16", "amx_bf16"} & cpu_flags()):
-            raise ValueError(f"test.precision=bf16: this CPU ({cpu_model()}) has no native bf16 (avx512_bf16 or "
-                             "AMX), so bf16 would be emulated and slow; use test.precision=fp32 (or int8)")
-        return torch.bfloat16
-    return amp_dtype(cfg.runtime, device)
+            raise ValueError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp32")
+        if device.type == "cpu" and not native_bf16():
+            raise ValueError(f"runtime.precision=bf16: this CPU ({cpu_model()}) has no native bf16 (avx512_bf16 "
+                             "or AMX), so bf16 would be emulated and slow; use runtime.precision=fp32 (or int8)")
+        return torch.bfloat16, "runtime.precision=bf16"
+    if cfg.runtime.amp:
+        dtype = amp_dtype(cfg.runtime, device)
+        return dtype, f"runtime.amp (autocast {precision_name(dtype)})"
+    if precision == "auto":
+        pinned = os.environ.get("VGGDET_PRECISION", "").strip().lower()
+        if pinned in ("fp32", "bf16"):
+            return (torch.bfloat16 if pinned == "bf16" else None), f"auto, pinned by VGGDET_PRECISION={pinned}"
+        if device.type == "cpu" and native_bf16():
+            return torch.bfloat16, f"auto: this CPU ({cpu_model()}) has native bf16"
+        return None, "auto: " + ("no native bf16 on this CPU" if device.type == "cpu" else f"{device.type} runs fp32")
+    return None, "runtime.precision=fp32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), as oneDNN's bf16 kernels need."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:

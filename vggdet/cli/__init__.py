@@ -192,7 +192,7 @@ def print_evaluation(path: str, config: Optional[str], overrides: list, out: str
     if result is None:  # not the main process of several
         return 0
     print(format_table(result.metrics))
-    print(f"results and metrics.json written to {out}")
+    print(f"precision: {result.precision}; results and metrics.json written to {out}")
     if result.analysis is not None:
         print(tide_summary(result.analysis))
         print(f"report written to {os.path.join(report_dir, 'report.html')}")

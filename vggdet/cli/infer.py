@@ -2,7 +2,7 @@
 
 python tools/infer.py [CONFIG] CHECKPOINT INPUT [INPUT ...] [--out DIR] [--score-thr 0.5]
        [--device auto|cuda|cpu] [--amp] [--batch N] [--every N] [--start-frame K] [--max-frames N]
-       [--no-draw] [--classes a,b] [--camera 0] [--set k=v ...]
+       [--no-draw] [--classes a,b] [--tiles SIZE[,OVERLAP]] [--tta] [--camera 0] [--set k=v ...]
        [--ray [local|ADDRESS] [--workers N] [--worker-cpus C] [--worker-gpus G]]
 
 CONFIG (a .py file) is needed only for a bare state_dict checkpoint; checkpoints from tools/train_det.py
@@ -33,6 +33,18 @@ from vggdet.cli import (
 )
 
 
+def _tiles(text: str) -> list:
+    """--tiles SIZE[,OVERLAP] -> test.tiles overrides."""
+    parts = text.split(",")
+    try:
+        size, overlap = int(parts[0]), float(parts[1]) if len(parts) > 1 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE[,OVERLAP] such as 512 or 512,0.25, got {text!r}") from None
+    if len(parts) > 2 or size < 16 or (overlap is not None and not 0 <= overlap < 1):
+        raise argparse.ArgumentTypeError(f"expected SIZE >= 16 and an OVERLAP in [0, 1), got {text!r}")
+    return [f"test.tiles.size={size}"] + ([f"test.tiles.overlap={overlap}"] if overlap is not None else [])
+
+
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog("infer.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +56,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p.add_argument("--start-frame", type=int, default=0, metavar="K", help="video: begin at frame K (0-based)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: process at most N frames")
     p.add_argument("--no-draw", action="store_true", help="images: skip the annotated copies")
-    p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl",
-                   help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem)")
+    p.add_argument("--format", choices=["jsonl", "coco", "yolo"], default="jsonl",
+                   help="images: coco also writes DIR/detections_coco.json (COCO results, image_id = file stem); "
+                        "yolo a label file per image in DIR/labels/ (class cx cy w h score) and DIR/classes.txt")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX", help="read frames from a camera")
+    p.add_argument("--tiles", type=_tiles, default=None, metavar="SIZE[,OVERLAP]",
+                   help="sliced inference for small objects: SIZE-pixel tiles overlapping by OVERLAP (a fraction, "
+                        "default 0.25), plus the whole image; merged by per-class NMS (test.tiles)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: add the flipped image "
                    "(and test.tta.scales, e.g. --set 'test.tta.scales=[480,720]'); merged by per-class NMS")
     add_runtime_arguments(p)
@@ -93,10 +109,12 @@ def main(argv: Optional[list] = None) -> int:
         keep = predictor.class_filter(a.classes)
     except ValueError as e:
         raise ValueError(f"--classes: {e}") from None
+    if main_rank:  # every check passed: say once what arithmetic runs
+        print(f"precision: {predictor.precision} ({getattr(predictor, 'precision_reason', '')})", file=sys.stderr)
     try:
         stats = run_inputs(predictor, images, videos, a.out, score_thr=a.score_thr, keep=keep, batch=a.batch,
                            every=a.every, start_frame=a.start_frame, max_frames=a.max_frames, draw=not a.no_draw,
-                           coco=a.format == "coco", camera=a.camera)
+                           coco=a.format == "coco", yolo=a.format == "yolo", camera=a.camera)
     except KeyboardInterrupt:
         print("\ninterrupted; unfinished outputs removed", file=sys.stderr)
         return 130
@@ -133,7 +151,7 @@ def _check_inputs(a: argparse.Namespace, images: list, videos: list) -> None:
 def _overrides(a: argparse.Namespace) -> list:
     # the model's own cut-off, so it skips less work; the user's --set items still win
     return [f"runtime.score_thresh={a.score_thr}"] + (["test.tta.hflip=true"] if a.tta else []) \
-        + runtime_overrides(a)
+        + (a.tiles or []) + runtime_overrides(a)
 
 
 def _predictor(a: argparse.Namespace):
@@ -163,5 +181,6 @@ def _run_on_ray(a: argparse.Namespace, images: list) -> tuple:
         except ValueError as e:
             raise ValueError(f"--classes: {e}") from None
         stats = run_images_on_ray(factory, images, a.out, ray_workers(a), score_thr=a.score_thr, keep=keep,
-                                  batch=a.batch, draw=not a.no_draw, coco=a.format == "coco")
+                                  batch=a.batch, draw=not a.no_draw, coco=a.format == "coco",
+                                  yolo=a.format == "yolo", classes=classes)
     return stats, classes, a.out

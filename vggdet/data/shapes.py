@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import cv2
@@ -96,6 +97,8 @@ def make_shapes(out_dir: str, fmt: str = "voc", num_train: int = 400, num_test: 
     if fmt not in ("voc", "coco"):
         raise ValueError(f"make_shapes: fmt must be 'voc' or 'coco', got {fmt!r}")
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)):
+        raise FileExistsError(f"{out_dir}: exists and is not an empty folder (checked before drawing any image)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=parent)
@@ -112,11 +115,16 @@ def make_shapes(out_dir: str, fmt: str = "voc", num_train: int = 400, num_test: 
     return out_dir
 
 
-def ensure_shapes(root: str, num_train: int, num_test: int, size: int, seed: int) -> None:
+def ensure_shapes(root: str, num_train: int, num_test: int, size: int, seed: int, what: str = "data.root") -> None:
     """Generate the VOC-layout shapes dataset at `root` unless it is already there (complete by
-    construction, since make_shapes renames it into place); tolerant of several processes racing."""
+    construction, since make_shapes renames it into place); tolerant of several processes racing.
+
+    Says so in one line on stderr first (`what` names the setting that chose `root`): a relative root lands
+    in whatever folder the tool runs from."""
     if os.path.isfile(os.path.join(root, "ImageSets", "Main", "test.txt")):
         return
+    print(f"generating the shapes dataset ({num_train} train / {num_test} test images, {size} px) into "
+          f"{os.path.abspath(root)} ({what})", file=sys.stderr, flush=True)
     try:
         make_shapes(root, "voc", num_train, num_test, size, seed)
     except OSError:

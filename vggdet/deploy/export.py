@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from vggdet.deploy import DEFAULT_OPSET, MIN_OPSET
 from vggdet.fileio import atomic_path
-from vggdet.model import winograd
+from vggdet.model import cpu_kernels
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.rpn import select_proposals
 from vggdet.model.transform import resized_size
@@ -170,7 +170,7 @@ def export_model(model: FasterRCNN, cfg, classes: list, out: str, *, opset: int 
     _check_input_dtype(input_dtype)
     if svd is not None:
         _apply_svd(model, cfg, svd)
-    winograd.revert(model)  # plain convs, should a predictor have converted this model (a PyTorch-side speed-up)
+    cpu_kernels.revert(model)  # plain modules, should a predictor have converted this model (a PyTorch-side speed-up)
     graph = DetectorGraph(model.eval(), input_dtype, opset).eval()
     example = _example_input(batch_size or 2, input_dtype)
     axes = {"images": ({} if batch_size else {0: "batch"}) | {2: "height", 3: "width"},

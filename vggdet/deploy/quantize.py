@@ -137,7 +137,7 @@ def quantize_onnx(fp32: str, out: str, paths: list, reduce_range: Optional[bool]
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         q = onnx.load(tmp)
         cfg = json.loads(meta["config"])
-        cfg["test"]["precision"] = "int8"
+        cfg["runtime"]["precision"] = "int8"
         meta.update(precision="int8", config=json.dumps(cfg), quantized_nodes=str(len(nodes)), calibration_images=str(len(paths)),
                     reduce_range=str(reduce_range).lower())
         onnx.helper.set_model_props(q, meta)

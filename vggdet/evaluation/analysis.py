@@ -357,7 +357,8 @@ def analyze(annotations: Sequence, detections: Detections, classes: Sequence[str
     off-diagonal cells, most first), cls_error_pairs (the Cls errors at any score by box class and
     predicted class, most first), by_size,
     pr_curves (101-point interpolated precision per class), gallery (worst errors; "image" = index),
-    settings, empty (no detections at all).
+    settings (num_gt: the boxes that count; num_ignored_gt: the difficult and crowd ones, num_crowd_gt of them
+    crowd), empty (no detections at all).
     """
     classes, k = list(classes), len(classes)
     image_ids = [a.get("image_id", i) for i, a in enumerate(annotations)] if image_ids is None else image_ids
@@ -388,7 +389,8 @@ def analyze(annotations: Sequence, detections: Detections, classes: Sequence[str
         "gallery": gallery,
         "settings": {"fg_iou": fg_iou, "bg_iou": bg_iou, "score_thresh": score_thresh, "max_dets": max_dets,
                      "num_images": len(annotations), "num_gt": int(np.sum(~gt["ignore"])),
-                     "num_ignored_gt": int(gt["ignore"].sum()), "num_dets": int(len(dets["scores"])),
+                     "num_ignored_gt": int(gt["ignore"].sum()), "num_crowd_gt": int(gt["crowd"].sum()),
+                     "num_dets": int(len(dets["scores"])),
                      "num_ignored_dets": int(st["ignored"].sum()), "num_dropped_dets": dropped},
         "empty": len(dets["scores"]) == 0,
     }

@@ -12,7 +12,8 @@ A `Predictor` turns images into detections in input-image pixels. What is shared
 Images: a path (read as RGB), an HxWx3 uint8 RGB array or a [3,H,W] tensor (uint8, or float 0..1).
 A batch is split by image size and each size runs as one forward, so detections never depend on what
 else is in the batch (padding a mixed batch to its largest image would change the features near the
-padded edges).
+padded edges). With `test.tiles.size` set, each image is sliced into overlapping tiles first
+(vggdet/inference/tiles.py), on every backend.
 """
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from vggdet.inference import tiles as tiles_mod
+
 __all__ = ["Predictor", "load_predictor", "is_onnx_file", "filter_detections", "groups_by_size", "rgb_input",
            "empty_detections", "class_filter"]
+
+
+TILE_CHUNK = 4  # tiles per forward: a photo's dozens of tiles at once would hold gigabytes of features
 
 
 def is_onnx_file(path: str) -> bool:
@@ -141,12 +147,46 @@ class Predictor:
             self.warn_below_cutoff(score_thresh)
         keep = self.class_filter(classes)
         inputs = [self._prepare(rgb_input(i)) for i in images]
+        tiles = getattr(self.config.test, "tiles", None) if self.config is not None else None
+        if tiles is not None and tiles.size:
+            if proposals is not None:
+                raise ValueError("test.tiles: sliced inference computes its own proposals per tile; "
+                                 "it cannot take external proposals")
+            dets = self._tiled(inputs, tiles)
+        else:
+            dets = self._by_size(inputs, proposals)
+        return [filter_detections(d, score_thresh, self.classes, keep) for d in dets]
+
+    def _by_size(self, inputs: list, proposals: Optional[list] = None, chunk: Optional[int] = None) -> list:
+        """`_forward` per group of same-size inputs (at most `chunk` at a time), results in input order."""
         dets: list = [None] * len(inputs)
         for idx in groups_by_size([tuple(x.shape[-2:]) for x in inputs]):
-            props = [proposals[k] for k in idx] if proposals is not None else None
-            for k, d in zip(idx, self._forward([inputs[k] for k in idx], props)):
-                dets[k] = d
-        return [filter_detections(d, score_thresh, self.classes, keep) for d in dets]
+            for part in [idx[i:i + chunk] for i in range(0, len(idx), chunk)] if chunk else [idx]:
+                props = [proposals[k] for k in part] if proposals is not None else None
+                for k, d in zip(part, self._forward([inputs[k] for k in part], props)):
+                    dets[k] = d
+        return dets
+
+    def _tiled(self, inputs: list, t) -> list:
+        """Sliced inference (vggdet/inference/tiles.py): every image's tiles (and the whole image when
+        `t.full_image`) through the model, TILE_CHUNK tiles per forward, merged per image."""
+        jobs = []  # (image index, tile or None for the whole image, its input)
+        for k, x in enumerate(inputs):
+            h, w = x.shape[-2:]
+            grid = tiles_mod.tile_grid(h, w, t.size, t.overlap)
+            if len(grid) == 1 or t.full_image:
+                jobs.append((k, None, x))
+            if len(grid) > 1:
+                jobs += [(k, tile, tiles_mod.crop(x, tile)) for tile in grid]
+        outs = self._by_size([j[2] for j in jobs], chunk=TILE_CHUNK)
+        per_image: list = [[] for _ in inputs]
+        for (k, tile, _), d in zip(jobs, outs):
+            h, w = inputs[k].shape[-2:]
+            per_image[k].append(d if tile is None else tiles_mod.drop_cut_boxes(d, tile, h, w))
+        head = self.config.model.roi_head
+        return [ds[0] if len(ds) == 1 else tiles_mod.merge(ds, head.nms_thresh, head.nms, head.nms_sigma,
+                                                           head.soft_nms_min_score, head.class_agnostic_nms)
+                for ds in per_image]
 
     def predict(self, image, score_thresh: Optional[float] = None,
                 classes: Optional[Union[set, frozenset, list]] = None) -> dict:

@@ -34,6 +34,7 @@ class Evaluation:
     dataset: object
     detections: list
     analysis: Optional[dict] = None
+    precision: str = ""  # what ran, e.g. "bf16 (auto: this CPU ... has native bf16)"
 
 
 def predict_dataset(predictor: Predictor, loader, progress: bool = True) -> Optional[list]:
@@ -72,20 +73,21 @@ def evaluate_predictor(predictor: Predictor, loader=None, results_dir: Optional[
     dets = predict_dataset(predictor, loader, progress)
     if dets is None:
         return None
-    return score_detections(cfg, loader.dataset, dets, results_dir, analysis_dir, progress)
+    return score_detections(cfg, loader.dataset, dets, results_dir, analysis_dir, progress,
+                            precision=f"{predictor.precision} ({getattr(predictor, 'precision_reason', '')})")
 
 
 def score_detections(cfg, dataset, dets: list, results_dir: Optional[str] = None,
-                     analysis_dir: Optional[str] = None, progress: bool = True) -> Evaluation:
+                     analysis_dir: Optional[str] = None, progress: bool = True, precision: str = "") -> Evaluation:
     """The Evaluation of `dets` (numpy dicts in dataset order) by `cfg.test`'s metric; `results_dir`: the
-    results files; `analysis_dir`: also the error analysis. However the detections were made (one process,
-    torchrun, Ray: vggdet/inference/ray_data.py)."""
+    results files; `analysis_dir`: also the error analysis; `precision`: what ran. However the detections
+    were made (one process, torchrun, Ray: vggdet/inference/ray_data.py)."""
     metrics = evaluate(dataset, dets, metric=cfg.test.metric, iou_thresh=cfg.test.iou_thresh, out_dir=results_dir)
-    result = Evaluation(metrics, dataset, dets)
+    result = Evaluation(metrics, dataset, dets, precision=precision)
     if analysis_dir is not None:
         from vggdet.evaluation.report import analyze_dataset
 
-        result.analysis = analyze_dataset(dataset, dets, analysis_dir, progress=progress)
+        result.analysis = analyze_dataset(dataset, dets, analysis_dir, progress=progress, eval_metrics=metrics)
     return result
 
 

@@ -33,6 +33,8 @@ from vggdet.inference.outputs import (
     safe_output,
     write_image,
     write_image_results,
+    write_text,
+    yolo_lines,
 )
 
 __all__ = ["collect_inputs", "read_list_file", "is_uri", "output_names", "run_images", "run_inputs", "IMAGE_EXTS",
@@ -165,12 +167,13 @@ def _batches(paths: list, batch: int) -> Iterator[tuple]:
 
 def run_images(predictor, paths: list, out_dir: str, *, score_thr: Optional[float] = 0.5,
                keep: Optional[set] = None, batch: int = 1, draw: bool = True, names: Optional[dict] = None,
-               coco: bool = False, stats: Optional[InferenceStats] = None, progress: Optional[bool] = None,
-               write: bool = True) -> InferenceStats:
+               coco: bool = False, yolo: bool = False, stats: Optional[InferenceStats] = None,
+               progress: Optional[bool] = None, write: bool = True) -> InferenceStats:
     """Detect on `paths` in batches of `batch`; write annotated copies and `out_dir/detections.jsonl`.
 
     `names` maps a path to its output name (default: `output_names(paths)`); `keep` is a set of class names.
-    `coco` also writes `out_dir/detections_coco.json` (see `coco_rows`). An unreadable image is reported
+    `coco` also writes `out_dir/detections_coco.json` (see `coco_rows`); `yolo` a YOLO label file per image
+    under `out_dir/labels/` (its output name with .txt) and the class names in `out_dir/classes.txt`. An unreadable image is reported
     and counted in `stats.failed`; the others still run. The JSONL records (and COCO rows) are also kept
     in `stats.records` / `stats.coco`; `write=False` leaves the two files to the caller (one process
     of several writes them all: `write_image_results`). Ctrl-C stops after the batch in hand: the records
@@ -183,7 +186,7 @@ def run_images(predictor, paths: list, out_dir: str, *, score_thr: Optional[floa
     try:
         for chunk, images in _batches(paths, max(1, batch)):
             _detect_batch(predictor, chunk, images, out_dir, stats, names, score_thr=score_thr,
-                          keep=keep, draw=draw, coco=coco)
+                          keep=keep, draw=draw, coco=coco, yolo=yolo)
             bar.update(len(chunk))
     except KeyboardInterrupt:
         stats.interrupted = (f"interrupted: {os.path.join(out_dir, 'detections.jsonl')} holds the "
@@ -192,11 +195,13 @@ def run_images(predictor, paths: list, out_dir: str, *, score_thr: Optional[floa
         bar.close()
     if write:
         stats.outputs += write_image_results(out_dir, stats.records, stats.coco if coco else None)
+        if yolo:
+            write_text(os.path.join(out_dir, "classes.txt"), [c + "\n" for c in predictor.classes])
     return stats
 
 
 def _detect_batch(predictor, paths: list, images: list, out_dir: str, stats: InferenceStats, names: dict, *,
-                  score_thr: Optional[float], keep: Optional[set], draw: bool, coco: bool) -> None:
+                  score_thr: Optional[float], keep: Optional[set], draw: bool, coco: bool, yolo: bool) -> None:
     """One batch of `run_images`: a record (COCO rows, an annotated copy) per image read, a failure per other."""
     ok = [(p, im) for p, im in zip(paths, images) if not isinstance(im, Exception)]
     for im in images:
@@ -216,11 +221,14 @@ def _detect_batch(predictor, paths: list, images: list, out_dir: str, stats: Inf
         stats.images += 1
         if draw:
             write_image(safe_output(out_dir, names[path], path), draw_detections(image, det))
+        if yolo:
+            label = os.path.join(out_dir, "labels", os.path.splitext(names[path])[0] + ".txt")
+            write_text(label, yolo_lines(det, w, h))
 
 
 def run_inputs(predictor, images: list, videos: list, out_dir: str, *, score_thr: Optional[float] = 0.5,
                keep: Optional[set] = None, batch: int = 1, every: int = 1, start_frame: int = 0,
-               max_frames: Optional[int] = None, draw: bool = True, coco: bool = False,
+               max_frames: Optional[int] = None, draw: bool = True, coco: bool = False, yolo: bool = False,
                camera: Optional[int] = None) -> Optional[InferenceStats]:
     """Everything tools/infer.py runs: images (then videos, then a camera) into `out_dir`.
 
@@ -235,8 +243,8 @@ def run_inputs(predictor, images: list, videos: list, out_dir: str, *, score_thr
     common = dict(score_thr=score_thr, keep=keep, batch=batch)
     stats = InferenceStats()
     if images:
-        run_images(predictor, images[rank::world], out_dir, draw=draw, coco=coco, names=output_names(images),
-                   stats=stats, write=False, **common)
+        run_images(predictor, images[rank::world], out_dir, draw=draw, coco=coco, yolo=yolo,
+                   names=output_names(images), stats=stats, write=False, **common)
     names = output_names(videos, strip_ext=True, reserved=("detections",))
     for video in videos[rank::world] if not stats.interrupted else []:
         run_video(predictor, video, out_dir, every=every, name=names[video], start_frame=start_frame,
@@ -257,4 +265,6 @@ def run_inputs(predictor, images: list, videos: list, out_dir: str, *, score_thr
         total.records = [total.records[k] for k in idx]
         total.coco = [total.coco[k] for k in idx] if coco else []
         total.outputs += write_image_results(out_dir, total.records, total.coco if coco else None)
+        if yolo:
+            write_text(os.path.join(out_dir, "classes.txt"), [c + "\n" for c in predictor.classes])
     return total

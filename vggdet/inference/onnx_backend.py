@@ -107,18 +107,18 @@ class OnnxPredictor(Predictor):
     def _apply(self, overrides: list) -> None:
         for item in overrides:
             key = item.split("=", 1)[0].strip()
-            if key.startswith("model.") or key.startswith("test.tta") or (
-                    key.startswith("runtime.") and key not in ("runtime.score_thresh", "runtime.device",
-                                                               "runtime.threads")):
+            if key.startswith("model.") or key.startswith("test.tta") or (key.startswith("runtime.") and key not in (
+                    "runtime.score_thresh", "runtime.device", "runtime.precision", "runtime.threads")):
                 raise ConfigError(f"{self.path}: {key} is fixed in an ONNX export (test-time augmentation, the "
                                   "model and its numerics are part of the graph); re-export from the checkpoint")
         apply_overrides(self.config, overrides)
-        want = self.config.test.precision
-        if want != self.precision:
+        want = self.config.runtime.precision
+        self.precision_reason = f"the file's ({self.precision})"
+        if want not in ("auto", self.precision):
             fix = ("quantize the checkpoint: python tools/quantize.py CHECKPOINT --out model_int8" if want == "int8"
                    else "bf16 is a PyTorch path: run the checkpoint" if want == "bf16"
                    else "use the float32 export (tools/export.py)")
-            raise ConfigError(f"{self.path}: test.precision={want} but this export is {self.precision}; {fix}")
+            raise ConfigError(f"{self.path}: runtime.precision={want} but this export is {self.precision}; {fix}")
         thresh = self.config.runtime.score_thresh
         # the lowest score the file returns: its own cut-off, or a stricter runtime.score_thresh
         self.min_score = thresh if thresh is not None and thresh > self.export_thresh else self.export_thresh

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from vggdet.fileio import atomic_path
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InferenceStats", "detections_to_json", "detection_record", "coco_rows",
-           "ResultsWriter", "write_image_results", "encode_image", "write_image", "write_encoded", "safe_output",
-           "predict_timed"]
+           "yolo_lines", "write_text", "ResultsWriter", "write_image_results", "encode_image", "write_image",
+           "write_encoded", "safe_output", "predict_timed"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
@@ -107,6 +107,22 @@ def coco_rows(path: str, det: dict, width: int, height: int) -> list:
              "score": d["score"]}
             for d, c in zip(detections_to_json(det, width, height), det["labels"])
             for x1, y1, x2, y2 in [d["box"]]]
+
+
+def yolo_lines(det: dict, width: int, height: int) -> list:
+    """YOLO label lines for one image, `class cx cy w h score` (class 0-based, coordinates normalised to the
+    image, 6 decimals as Ultralytics writes them), for importing predictions as pre-annotations."""
+    lines = []
+    for d, label in zip(detections_to_json(det, width, height), det["labels"]):
+        x1, y1, x2, y2 = d["box"]
+        lines.append(f"{int(label) - 1} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {d['score']:.4f}\n")
+    return lines
+
+
+def write_text(path: str, lines: list) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
 
 
 class ResultsWriter:

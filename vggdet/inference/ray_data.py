@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from vggdet.data.errors import DataError
 from vggdet.data.image_io import decode_image, read_image
@@ -45,6 +47,8 @@ from vggdet.inference.outputs import (
     predict_timed,
     safe_output,
     write_encoded,
+    write_text,
+    yolo_lines,
 )
 
 __all__ = ["RayClusterError", "PredictorFactory", "Workers", "InOrder", "ray_session", "run_images_on_ray",
@@ -197,28 +201,34 @@ class _Predict:
 
     def __init__(self, factory: PredictorFactory):
         self.predictor = factory()
+        self.precision = f"{self.predictor.precision} ({getattr(self.predictor, 'precision_reason', '')})"
         self.pool = ThreadPoolExecutor(max_workers=4)  # reads wait on the disk or the network, not the GIL
 
     def images(self, batch: dict) -> list:
         return list(self.pool.map(_load, batch["path"], batch["source"]))
 
+    def columns(self, batch: dict, n: int, names: tuple) -> dict:
+        """The output columns of a batch of n rows: its indices, the actor's precision, `names` empty."""
+        return {"index": np.asarray(batch["index"], np.int64), "precision": [self.precision] * n, "error": [""] * n,
+                **{name: [""] * n for name in names}}
+
 
 class DetectImages(_Predict):
-    """Rows (index, path, source) -> rows (index, record JSON or error, COCO rows JSON, annotated image
-    bytes, model seconds): what `run_images` produces for an image, computed where the predictor runs."""
+    """Rows (index, path, source) -> rows (index, record JSON or error, COCO rows JSON, YOLO label lines,
+    annotated image bytes, model seconds): what `run_images` produces for an image, computed where the
+    predictor runs."""
 
     def __init__(self, factory: PredictorFactory, score_thr: Optional[float], keep: Optional[frozenset],
-                 draw: bool, coco: bool):
+                 draw: bool, coco: bool, yolo: bool):
         super().__init__(factory)
-        self.score_thr, self.keep, self.draw, self.coco = score_thr, keep, draw, coco
+        self.score_thr, self.keep, self.draw, self.coco, self.yolo = score_thr, keep, draw, coco, yolo
 
     def __call__(self, batch: dict) -> dict:
         from vggdet.inference.draw import draw_detections
 
         images = self.images(batch)
         n = len(images)
-        out = {"index": np.asarray(batch["index"], np.int64), "record": [""] * n, "error": [""] * n,
-               "coco": [""] * n, "annotated": [b""] * n, "model_s": np.zeros(n)}
+        out = {**self.columns(batch, n, ("record", "coco", "yolo")), "annotated": [b""] * n, "model_s": np.zeros(n)}
         ok = [k for k, im in enumerate(images) if not isinstance(im, Exception)]
         for k in set(range(n)) - set(ok):
             out["error"][k] = str(images[k])
@@ -230,6 +240,8 @@ class DetectImages(_Predict):
                 out["model_s"][k] = seconds / len(ok)
                 if self.coco:
                     out["coco"][k] = json.dumps(coco_rows(path, det, w, h))
+                if self.yolo:
+                    out["yolo"][k] = "".join(yolo_lines(det, w, h))
                 if self.draw:
                     out["annotated"][k] = encode_image(path, draw_detections(images[k], det))
         return {k: np.asarray(v, dtype=object) if isinstance(v, list) else v for k, v in out.items()}
@@ -242,8 +254,7 @@ class DetectArrays(_Predict):
     def __call__(self, batch: dict) -> dict:
         images = self.images(batch)
         n = len(images)
-        out = {"index": np.asarray(batch["index"], np.int64), "error": [""] * n, "boxes": [b""] * n,
-               "labels": [b""] * n, "scores": [b""] * n}
+        out = {**self.columns(batch, n, ()), "boxes": [b""] * n, "labels": [b""] * n, "scores": [b""] * n}
         ok = [k for k, im in enumerate(images) if not isinstance(im, Exception)]
         for k in set(range(n)) - set(ok):
             out["error"][k] = str(images[k])
@@ -317,15 +328,18 @@ class InOrder:
 
 def run_images_on_ray(factory: PredictorFactory, paths: list, out_dir: str, workers: Workers = Workers(), *,
                       score_thr: Optional[float] = 0.5, keep: Optional[frozenset] = None, batch: int = 1,
-                      draw: bool = True, coco: bool = False) -> InferenceStats:
+                      draw: bool = True, coco: bool = False, yolo: bool = False,
+                      classes: Optional[list] = None) -> InferenceStats:
     """`run_images` on a Ray actor pool (Ray must be initialised: `ray_session`): the same annotated copies,
-    `detections.jsonl` (input order) and COCO file in `out_dir`, and the counts for the summary. A file
-    that cannot be read is one line on stderr and counted in `stats.failed`; the others still run."""
+    `detections.jsonl` (input order), COCO file and YOLO labels (`classes`: for classes.txt) in `out_dir`,
+    and the counts for the summary. A file that cannot be read is one line on stderr and counted in
+    `stats.failed`; the others still run. The workers' precision is said once on stderr, as one process says
+    its own."""
     workers = workers.resolved()
     names = output_names(paths)
     results = workers.pool(_rows(paths, batch, workers), DetectImages,
-                           (factory.for_workers(workers), score_thr, keep, draw, coco), batch)
-    stats = InferenceStats()
+                           (factory.for_workers(workers), score_thr, keep, draw, coco, yolo), batch)
+    stats, said = InferenceStats(), set()
     with ResultsWriter(out_dir, coco) as writer:
         def write(item: Optional[tuple]) -> None:
             if item is not None:  # None: an image that failed
@@ -334,8 +348,9 @@ def run_images_on_ray(factory: PredictorFactory, paths: list, out_dir: str, work
         ordered = InOrder(write)
         try:
             for out in _batches(results):
+                _say_precision(out, said)
                 for k, index in enumerate(out["index"].tolist()):
-                    ordered.put(index, _collect(out, k, paths[index], out_dir, names, stats))
+                    ordered.put(index, _collect(out, k, paths[index], out_dir, names, stats, yolo))
         except KeyboardInterrupt:
             ordered.flush()
             stats.interrupted = (f"interrupted: {writer.paths[0]} holds the {stats.images} finished images of "
@@ -343,12 +358,22 @@ def run_images_on_ray(factory: PredictorFactory, paths: list, out_dir: str, work
         if ordered.duplicates:
             warnings.warn(f"Ray delivered {ordered.duplicates} image(s) twice; each was written once", stacklevel=2)
     stats.outputs += writer.paths
+    if yolo:
+        write_text(os.path.join(out_dir, "classes.txt"), [c + "\n" for c in classes or []])
     return stats
 
 
-def _collect(out: dict, k: int, path: str, out_dir: str, names: dict, stats: InferenceStats) -> Optional[tuple]:
+def _say_precision(out: dict, said: set) -> None:
+    """"precision: ..." on stderr, once per distinct value the workers report (their devices may differ)."""
+    for precision in set(out["precision"].tolist()) - said:
+        said.add(precision)
+        tqdm.write(f"precision: {precision} (Ray workers)", file=sys.stderr)
+
+
+def _collect(out: dict, k: int, path: str, out_dir: str, names: dict, stats: InferenceStats,
+             yolo: bool) -> Optional[tuple]:
     """Row k of an output block -> (record, COCO rows) to write in order (None for a failed image); counts it
-    and writes its annotated copy now."""
+    and writes its annotated copy and YOLO label file now."""
     if out["error"][k]:
         stats.fail(str(out["error"][k]))
         return None
@@ -359,19 +384,23 @@ def _collect(out: dict, k: int, path: str, out_dir: str, names: dict, stats: Inf
     stats.image_model_n += 1
     if out["annotated"][k]:
         write_encoded(safe_output(out_dir, names[path], path), bytes(out["annotated"][k]))
+    if yolo:
+        write_text(os.path.join(out_dir, "labels", os.path.splitext(names[path])[0] + ".txt"), [out["yolo"][k]])
     return record, (json.loads(out["coco"][k]) if out["coco"][k] else None)
 
 
 def predict_dataset_on_ray(factory: PredictorFactory, dataset, workers: Workers = Workers(), batch: int = 1,
-                           skip_bad: bool = False) -> list:
-    """`predict_dataset` on a Ray actor pool: detections (numpy dicts) for every image of `dataset`, in
-    dataset order. An unreadable image is a DataError naming it, or with `skip_bad` (data.skip_bad_images) a
-    warning and no detections, as in one process."""
+                           skip_bad: bool = False) -> tuple:
+    """`predict_dataset` on a Ray actor pool -> (detections, precision): numpy dicts for every image of
+    `dataset` in dataset order, and what the workers ran. An unreadable image is a DataError naming it, or
+    with `skip_bad` (data.skip_bad_images) a warning and no detections, as in one process."""
     workers = workers.resolved()
     paths = list(dataset.image_paths)
     results = workers.pool(_rows(paths, batch, workers), DetectArrays, (factory.for_workers(workers),), batch)
     dets: list = [None] * len(paths)
+    precisions: set = set()
     for out in _batches(results):
+        precisions.update(out["precision"].tolist())
         for k, index in enumerate(out["index"].tolist()):
             if out["error"][k]:
                 if not skip_bad:
@@ -385,7 +414,7 @@ def predict_dataset_on_ray(factory: PredictorFactory, dataset, workers: Workers 
     missing = [i for i, d in enumerate(dets) if d is None]
     if missing:  # never expected: Ray returns every row or raises
         raise RuntimeError(f"Ray returned no detections for {len(missing)} image(s), e.g. {paths[missing[0]]}")
-    return dets
+    return dets, " / ".join(sorted(precisions)) + " on the Ray workers"
 
 
 def evaluate_file_on_ray(path: str, config: Optional[str] = None, overrides: Optional[list] = None,
@@ -402,8 +431,9 @@ def evaluate_file_on_ray(path: str, config: Optional[str] = None, overrides: Opt
         raise ValueError(f"{path}: model.proposals={cfg.model.proposals!r}; a model with external proposals is "
                          "tested without --ray")
     dataset = build_dataset(cfg, "test")
-    dets = predict_dataset_on_ray(factory, dataset, workers, cfg.test.batch_size, cfg.data.skip_bad_images)
-    result = score_detections(cfg, dataset, dets, results_dir, analysis_dir)
+    dets, precision = predict_dataset_on_ray(factory, dataset, workers, cfg.test.batch_size,
+                                             cfg.data.skip_bad_images)
+    result = score_detections(cfg, dataset, dets, results_dir, analysis_dir, precision=precision)
     if results_dir is not None:
         write_metrics(results_dir, result, path)
     return result

@@ -2,7 +2,7 @@
 
 `TorchPredictor(model, classes, device, config)` (alias `Detector`, the package's public name) applies
 what running a model involves and `model.eval()` does not: the device, the precision (`runtime.amp` /
-`test.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the Winograd conversion of
+`runtime.precision`: vggdet/runtime.py), test-time augmentation (`test.tta`) and the conversion to the CPU kernels (prepacked oneDNN convs and fc layers, Winograd) of
 the 3x3 convs for CPU inference with its timing cache (vggdet/inference/tuning.py). `close()` undoes the
 conversion, so a model borrowed for evaluation (the trainer's) goes back unchanged.
 """
@@ -16,10 +16,10 @@ import torch
 from vggdet import distributed as ddp
 from vggdet.inference.base import Predictor
 from vggdet.inference.tuning import convert_for_inference
-from vggdet.model import winograd
+from vggdet.model import cpu_kernels
 from vggdet.model.detector import FasterRCNN
 from vggdet.model.tta import with_tta
-from vggdet.runtime import autocast, inference_dtype, precision_name, resolve_device
+from vggdet.runtime import autocast, inference_precision, precision_name, resolve_device
 
 __all__ = ["TorchPredictor", "Detector", "detections_to_numpy"]
 
@@ -32,7 +32,7 @@ def detections_to_numpy(det: dict) -> dict:
 
 class TorchPredictor(Predictor):
     """`device`: None = `config.runtime.device` (auto without a config). `dtype`: the autocast dtype, or
-    "config" for the config's inference rule (`runtime.inference_dtype`). `tta`: False skips `test.tta`.
+    "config" for the config's inference rule (`runtime.inference_precision`: runtime.precision / amp). `tta`: False skips `test.tta`.
     The trainer's evaluation passes its training dtype and `tta=False`."""
 
     backend = "pytorch"
@@ -47,9 +47,11 @@ class TorchPredictor(Predictor):
         self.device = ddp.local_device(resolve_device(device if device is not None else runtime.device if runtime
                                                       else None))
         if runtime is not None and runtime.threads:
-            torch.set_num_threads(runtime.threads)  # per process: before the Winograd timing, which depends on it
+            torch.set_num_threads(runtime.threads)  # per process: before the kernels are timed, which depends on it
+        self.precision_reason = "given"
         if dtype == "config":
-            dtype = inference_dtype(config, self.device) if config is not None else None
+            dtype, self.precision_reason = (inference_precision(config, self.device) if config is not None
+                                            else (None, "no config: fp32"))
         self.dtype = dtype
         self.precision = precision_name(dtype)
         self.base_model = model.to(self.device).eval()
@@ -86,7 +88,7 @@ class TorchPredictor(Predictor):
     def close(self) -> None:
         """Plain convs again (the model stays in eval mode on its device)."""
         if self.converted:
-            winograd.revert(self.base_model)
+            cpu_kernels.revert(self.base_model)
             self.converted = 0
 
 

@@ -8,30 +8,24 @@ of 144, as 36 independent GEMMs that MKL runs near peak. On conv3_1..conv5_3 and
 1.3-2.4x faster than oneDNN on 2 cores (AMD EPYC, AVX2), conv2_x 1.0-1.3x, conv1_2 0.85-1.05x
 (benchmarks/bench_infer.py --layers, docs/benchmarks.md). conv1_1 (3 input channels) is never converted.
 
-Which convs run by Winograd is a choice per conv and input: `convert(model, choose=...)` gives every
-converted conv a `choose(conv, x) -> (use Winograd, output or None)` callable. The inference package
-passes its timing cache (vggdet/inference/tuning.py: both paths timed once per machine, conv shape and
-input size, like cuDNN's benchmark mode); without one, the fixed width rule `eligible` decides. This
-module does no timing and no file I/O: it is arithmetic and a module swap.
+Where it runs is a choice per conv and input among the CPU kernels (vggdet/model/cpu_kernels.py: this,
+the prepacked oneDNN conv, its bf16 twin): the inference package times them once per machine
+(vggdet/inference/tuning.py, like cuDNN's benchmark mode); without timings, the fixed width rule
+`eligible` decides. This module is the arithmetic only: no timing, no file I/O, no module swap.
 
 Arithmetic: exact in real numbers; in float32 the error is 1.1-4.8e-6 of the layer's output range
 (float64 reference in tests/test_winograd.py), the same order as changing the summation order.
-
-Use: `convert(model)` swaps the candidate convs for `WinogradConv2d` modules (same parameters), which
-run `conv3x3` for float32 CPU tensors without grad or autocast where it is the chosen path, and the
-regular conv otherwise; `revert(model)` undoes it. `model.eval()` / `model.train()` never do either:
-vggdet/inference/torch_backend.py converts for CPU inference when `runtime.winograd` says so.
 
 Memory: each conv that runs by Winograd caches its transformed weights, 36/9 = 4x the conv weights:
 260 MiB for conv2_1..conv5_3 + the RPN conv (65 MiB of weights); a conv chosen for oneDNN drops it.
 Measured 2026-11-28 (AMD EPYC, 2 cores), before tuning: process RSS after one eval-mode forward of
 the full-size model on a 1x3x600x800 input is 1876-1964 MiB with Winograd vs 1568-1603 MiB without
 (3 fresh processes each), ~340 MiB more on average: the cache plus work memory the allocator keeps.
-`revert` frees the cache.
+`cpu_kernels.revert` frees the cache.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -155,117 +149,3 @@ def _store(tiles: Tensor, dst: Tensor, relu: bool) -> None:
         put(tiles[fh, :rh, :fw], dst[fh * M:, : fw * M].view(rh, fw, M, c))
         if rw:
             put(tiles[fh, :rh, fw, :rw], dst[fh * M:, fw * M:])
-
-
-def onednn(x: Tensor, conv: nn.Conv2d, relu: bool = False, inplace: bool = False) -> Tensor:
-    """conv(x) (and ReLU) by the regular convolution: oneDNN on the CPU, cuDNN on CUDA, autograd-aware."""
-    y = nn.Conv2d.forward(conv, x)
-    return torch.nn.functional.relu(y, inplace=inplace) if relu else y
-
-
-# ------------------------------------------------------------------------------------------ modules
-# (conv, input) -> (use Winograd, the conv's output when the choice computed it, else None)
-Chooser = Callable[[nn.Conv2d, Tensor], tuple]
-
-
-class WinogradConv2d(nn.Conv2d):
-    """A Conv2d (and the ReLU after it when `relu`) that runs by `conv3x3` where `usable` holds and it is
-    the chosen path, and as the plain conv (+ ReLU) otherwise: CUDA, grad, autocast, float64 stay correct.
-    `choose(conv, x) -> (use Winograd, output or None)` picks the path per input (a timing cache returns
-    the output it measured on a first call); None = the fixed rule (`eligible`).
-
-    Made by `convert` from an existing conv, whose Parameter objects it takes over: the state_dict
-    keys, an optimizer's parameter references and checkpoints do not change.
-    """
-
-    def __init__(self, *args, relu: bool = False, relu_inplace: bool = False, choose: Optional[Chooser] = None,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.relu, self.relu_inplace, self.choose = relu, relu_inplace, choose
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, relu: Optional[nn.ReLU] = None,
-                  choose: Optional[Chooser] = None) -> WinogradConv2d:
-        """`conv` (with the fused `relu` module, if given) as a WinogradConv2d on the same parameters."""
-        new = cls(**_conv_args(conv), relu=relu is not None, relu_inplace=relu is not None and relu.inplace,
-                  choose=choose)
-        return _adopt(new, conv)
-
-    def to_conv(self) -> nn.Conv2d:
-        """The plain Conv2d on the same parameters (the transformed-weight cache stays behind)."""
-        return _adopt(nn.Conv2d(**_conv_args(self)), self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not usable(self, x):
-            return onednn(x, self, self.relu, self.relu_inplace)
-        if self.choose is not None:
-            fast, y = self.choose(self, x)
-            if y is not None:  # measured just now: y is the faster path's output
-                return y
-        else:
-            fast = eligible(self)
-        return conv3x3(x, self, relu=self.relu) if fast else onednn(x, self, self.relu, self.relu_inplace)
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
-        # .to() / .half() replace the weight's data: drop the stale transform now rather than hold its memory
-        self.__dict__.pop("_winograd_cache", None)
-        return super()._apply(fn, recurse)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "") + (", timed" if self.choose else "")
-
-
-def _conv_args(conv: nn.Conv2d) -> dict:
-    # built on the meta device: no memory for weights that `_adopt` replaces at once
-    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
-                stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
-
-
-def _adopt(new: nn.Conv2d, old: nn.Conv2d) -> nn.Conv2d:
-    """`new` with `old`'s Parameter objects and train/eval mode."""
-    new.weight, new.bias = old.weight, old.bias
-    return new.train(old.training)
-
-
-def convert(model: nn.Module, choose: Optional[Chooser] = None) -> int:
-    """Swap every `candidate` plain Conv2d of `model` for a WinogradConv2d, in place; returns how many.
-
-    `choose` (set on every WinogradConv2d of `model`, converted now or before): the per-input path choice
-    (see WinogradConv2d), e.g. vggdet.inference.tuning.decide; None = the fixed rule (`eligible`).
-    Inside an nn.Sequential a Conv2d followed by nn.ReLU becomes one module with the ReLU fused (one
-    pass over the output instead of two) and the ReLU slot becomes nn.Identity, so indices and
-    state_dict keys stay. Already converted modules are left alone: converting twice swaps nothing.
-    """
-    count = 0
-    for parent in list(model.modules()):
-        children = list(parent.named_children())
-        for i, (name, child) in enumerate(children):
-            if isinstance(child, WinogradConv2d):
-                child.choose = choose
-            if type(child) is not nn.Conv2d or not candidate(child):  # exact type: subclasses are someone else's
-                continue
-            after = children[i + 1][1] if i + 1 < len(children) else None
-            if isinstance(parent, nn.Sequential) and type(after) is nn.ReLU:
-                setattr(parent, name, WinogradConv2d.from_conv(child, relu=after, choose=choose))
-                setattr(parent, children[i + 1][0], nn.Identity())
-            else:
-                setattr(parent, name, WinogradConv2d.from_conv(child, choose=choose))
-            count += 1
-    return count
-
-
-def revert(model: nn.Module) -> int:
-    """Undo `convert`: plain nn.Conv2d (and nn.ReLU) modules on the same parameters, weight caches
-    dropped; returns how many convs were restored."""
-    count = 0
-    for parent in list(model.modules()):
-        children = list(parent.named_children())
-        for i, (name, child) in enumerate(children):
-            if not isinstance(child, WinogradConv2d):
-                continue
-            setattr(parent, name, child.to_conv())
-            if child.relu and isinstance(children[i + 1][1], nn.Identity):  # `convert` put it in the ReLU's slot
-                setattr(parent, children[i + 1][0], nn.ReLU(inplace=child.relu_inplace))
-            count += 1
-    return count

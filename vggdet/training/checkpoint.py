@@ -25,6 +25,7 @@ import torch
 
 from vggdet.config import Config, apply_overrides, load_config, migrate_dict
 from vggdet.fileio import atomic_write
+from vggdet.model.backbone import VGG_LAYOUTS
 
 __all__ = ["CheckpointError", "FORMAT_VERSION", "TRAINING_KEYS", "make_checkpoint", "save_checkpoint",
            "load_checkpoint", "weights_only", "config_from_checkpoint", "load_model_state", "load_detector",
@@ -125,19 +126,46 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str) -> None:
     for key, value in state.items():
         if key in own and hasattr(value, "shape") and value.shape != own[key].shape:
             raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)} in the checkpoint but "
-                                  f"{tuple(own[key].shape)} in the model: {_likely_cause(key)}")
+                                  f"{tuple(own[key].shape)} in the model: {_likely_cause(key, state, own)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
+        cause = _backbone_cause(state, own) or "wrong CONFIG, SVD ranks or batch_norm?"
         raise CheckpointError(f"{path}: weights do not fit the model config (missing {list(missing)[:3]}, "
-                              f"unexpected {list(unexpected)[:3]}); wrong CONFIG, SVD ranks or batch_norm?")
+                              f"unexpected {list(unexpected)[:3]}): {cause}")
 
 
-def _likely_cause(key: str) -> str:
+def _likely_cause(key: str, state: dict, own: dict) -> str:
     if key.startswith(("roi_head.cls_score", "roi_head.bbox_pred")):
         return "another model.num_classes (or a CONFIG that does not belong to this checkpoint)"
     if key.startswith(("roi_head.fc6", "roi_head.fc7")):
         return "another model.roi_head.fc_dim or SVD rank (fc6_rank / fc7_rank)"
-    return "another model.backbone.width / rpn.conv_channels (or a CONFIG that does not belong to this checkpoint)"
+    return _backbone_cause(state, own) or ("another model.backbone.width / rpn.conv_channels (or a CONFIG that "
+                                           "does not belong to this checkpoint)")
+
+
+def _backbone_layout(state: dict) -> tuple:
+    """(number of conv layers, batch norm?) of the backbone in a detector state_dict."""
+    convs = sum(1 for k, v in state.items() if k.startswith("backbone.body.") and k.endswith(".weight")
+                and getattr(v, "dim", lambda: 0)() == 4)
+    return convs, any(k.startswith("backbone.body.") and k.endswith(".running_mean") for k in state)
+
+
+def _backbone_cause(state: dict, own: dict) -> Optional[str]:
+    """The backbone settings that differ, when the layer shapes say so ("the checkpoint is a VGG16 (13 convs);
+    the config says model.backbone.depth=19 (16 convs)", the same for batch_norm) and the values that fit the
+    checkpoint; None when depth and batch norm agree."""
+    depths = {sum(v != "M" for v in layout): d for d, layout in VGG_LAYOUTS.items()}
+    (convs, bn), (own_convs, own_bn) = _backbone_layout(state), _backbone_layout(own)
+    said, fits = [], []
+    if convs != own_convs and convs in depths and own_convs in depths:
+        said.append(f"the checkpoint is a VGG{depths[convs]} ({convs} convs); the config says "
+                    f"model.backbone.depth={depths[own_convs]} ({own_convs} convs)")
+        fits.append(f"model.backbone.depth={depths[convs]}")
+    if bn != own_bn and convs and own_convs:
+        said.append(f"the checkpoint's backbone has {'' if bn else 'no '}batch norm layers; the config says "
+                    f"model.backbone.batch_norm={own_bn}")
+        fits.append(f"model.backbone.batch_norm={bn}")
+    return f"{'; '.join(said)} ({' '.join(fits)} fits the checkpoint)" if said else None
 
 
 def load_detector(path: str, config: Optional[str] = None, overrides: Optional[list] = None,
@@ -181,6 +209,17 @@ class CheckpointDir:
     def save_best(self, ckpt: dict) -> str:
         save_checkpoint(self.path("best.pth"), ckpt)
         return self.path("best.pth")
+
+    def best_map(self) -> float:
+        """The mAP best.pth was saved for (-1 when there is none, or it cannot be read); reads the number
+        without loading the weights (mmap)."""
+        path = self.path("best.pth")
+        if not os.path.isfile(path):
+            return -1.0
+        try:
+            return float(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("best_map", -1.0))
+        except Exception:  # a torn or foreign file: resume goes on with the checkpoint's own number
+            return -1.0
 
     def resume_path(self, resume: str) -> Optional[str]:
         """`--resume` value -> the file to resume from; "auto" = latest.pth, None when there is none yet."""

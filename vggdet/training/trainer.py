@@ -169,6 +169,12 @@ class Trainer:
         self.state = State(ckpt["epoch"], ckpt["iteration"], ckpt.get("iter_in_epoch", 0), ckpt.get("best_map", -1.0))
         set_rng_state(ckpt["rng"])
         self.log.text(f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.iteration}")
+        best = self.checkpoints.best_map() if self.main else -1.0
+        if best > self.state.best_map:  # resumed from an older epoch_N.pth: best.pth only moves to a better model
+            own = f"{self.state.best_map:.4f}" if self.state.best_map >= 0 else "none"
+            self.log.text(f"{self.checkpoints.path('best.pth')} holds mAP {best:.4f}, better than this checkpoint's "
+                          f"best so far ({own}); only a better evaluation replaces it")
+            self.state.best_map = best
 
     def _read_for_resume(self, resume: str) -> tuple:
         """(path, checkpoint), the same on every rank; (None, None) when "auto" finds no latest.pth.
@@ -225,23 +231,37 @@ class Trainer:
                     break
                 self.state.epoch += 1
                 self.state.iter_in_epoch = 0
-                last = self.state.epoch >= cfg.train.epochs
-                if cfg.train.eval_interval and self.state.epoch % cfg.train.eval_interval == 0 and not last:
+                if self.state.epoch >= cfg.train.epochs or self._done():
+                    break  # the final evaluation, then the checkpoint, follow the loop
+                if cfg.train.eval_interval and self.state.epoch % cfg.train.eval_interval == 0:
                     self._keep_best(self.evaluate())
-                if self.state.epoch % max(1, cfg.train.checkpoint_interval) == 0 or last:
+                if self.state.epoch % max(1, cfg.train.checkpoint_interval) == 0:
                     self.save_latest()
             if self.stop_signal is not None:
                 raise Interrupted(self.stop_signal, self.save_latest())
-            if self.state.iter_in_epoch:
-                self.save_latest()
-            metrics = self.evaluate(os.path.join(self.work_dir, "results"))
-            self._keep_best(metrics)
-            if metrics is not None:
-                write_json(os.path.join(self.work_dir, "metrics.json"), metrics)
-            return metrics
+            return self._final_evaluation()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    def _final_evaluation(self) -> Optional[dict]:
+        """Evaluate, then save latest.pth, so that it (and epoch_N.pth) carries the best mAP including this
+        evaluation: a resumed run compares its evaluations with that, and best.pth only moves to a better one.
+        A failed evaluation still saves the trained weights first."""
+        try:
+            metrics = self.evaluate(os.path.join(self.work_dir, "results"))
+        except BaseException:
+            self.save_latest()
+            raise
+        new_best = metrics is not None and metrics["mAP"] > self.state.best_map
+        if new_best:
+            self.state.best_map = metrics["mAP"]
+        self.save_latest()  # the resume point first, should best.pth fail to write (a full disk)
+        if new_best:
+            self.checkpoints.save_best(self.checkpoint())
+        if metrics is not None:
+            write_json(os.path.join(self.work_dir, "metrics.json"), metrics)
+        return metrics
 
     def _done(self) -> bool:
         m = self.cfg.train.max_iters
@@ -331,20 +351,32 @@ class Trainer:
         """mAP on the test split (rank 0; None on other ranks), logged; writes nothing but `results_dir`.
 
         The model runs through the PyTorch predictor (as tools/test_det.py runs it) in the training's
-        precision and without test-time augmentation; the predictor's Winograd conversion is undone after."""
-        cfg = self.cfg
+        precision and without test-time augmentation; the predictor's Winograd conversion is undone after.
+        The metrics name the epoch the model is in and the iteration; "iter_in_epoch" is there when the
+        run stopped mid-epoch (train.max_iters). Training's random state is left as it was, so a run
+        resumed from a checkpoint saved after an evaluation goes on exactly as the uninterrupted one.
+        """
+        cfg, st = self.cfg, self.state
         if self.test_loader is None:
             self.test_loader = build_dataloader(cfg, "test", self.distributed)
-        with TorchPredictor(self.model, self.classes, self.device, cfg, dtype=self.dtype, tta=False) as predictor:
-            result = evaluate_predictor(predictor, self.test_loader, results_dir if self.main else None)
-        self.model.train()
+        rng = rng_state()  # the test loader draws its seed from torch's generator
+        try:
+            with TorchPredictor(self.model, self.classes, self.device, cfg, dtype=self.dtype, tta=False) as p:
+                result = evaluate_predictor(p, self.test_loader, results_dir if self.main else None)
+        finally:
+            set_rng_state(rng)
+            self.model.train()
         if result is None:
             return None
-        metrics = {**result.metrics, "epoch": self.state.epoch, "iter": self.state.iteration}
-        self.log.text(f"\nevaluation after epoch {self.state.epoch} ({len(self.test_loader.dataset)} test images)\n"
-                      + format_table(metrics))
-        self.log.record({"mode": "eval", "epoch": self.state.epoch, "iter": self.state.iteration,
-                         "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
+        where = {"epoch": st.epoch, "iter": st.iteration}
+        when = f"after epoch {st.epoch}"
+        if st.iter_in_epoch:  # stopped mid-epoch: the model is in epoch st.epoch + 1
+            where = {"epoch": st.epoch + 1, "iter": st.iteration, "iter_in_epoch": st.iter_in_epoch}
+            when = (f"after iteration {st.iteration} (mid-epoch {st.epoch + 1}: {st.iter_in_epoch} of "
+                    f"{self.iters_per_epoch} iterations; train.max_iters={cfg.train.max_iters})")
+        metrics = {**result.metrics, **where}
+        self.log.text(f"\nevaluation {when} ({len(self.test_loader.dataset)} test images)\n" + format_table(metrics))
+        self.log.record({"mode": "eval", **where, "mAP": metrics["mAP"], "per_class": metrics.get("per_class")})
         return metrics
 
 
