@@ -268,13 +268,14 @@ class DetectArrays(_Predict):
 
 # ---------------------------------------------------------------------------------------------- driver
 def _rows(paths: list, batch: int, workers: Workers):
-    """The input rows as a Ray dataset, in blocks of whole batches: at least ~4 blocks per worker where there
-    are enough images (so the pool shares the work), at most 64 batches per block (so a retry redoes little)."""
+    """The input rows as a Ray dataset, in blocks of whole batches: ~16 blocks per worker where there are enough
+    images (so the pool shares the work evenly to the end and results flow back steadily), at most 16
+    batches per block (so a retry redoes little, and the driver holds few records ahead of a slow block)."""
     import pyarrow as pa
     import ray
 
     n = len(paths)
-    per_block = batch * max(1, min(64, n // max(1, batch * workers.count * 4)))
+    per_block = batch * max(1, min(16, n // max(1, batch * workers.count * 16)))
     sources = [p if is_uri(p) else os.path.abspath(p) for p in paths]  # the actors' working folder differs
     return ray.data.from_arrow([pa.table({"index": np.arange(i, min(n, i + per_block), dtype=np.int64),
                                           "path": paths[i:i + per_block], "source": sources[i:i + per_block]})
