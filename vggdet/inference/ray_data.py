@@ -142,8 +142,8 @@ class Workers:
         (bounded, so a model that kills its process on every batch ends the run instead of looping)."""
         import ray
 
-        with warnings.catch_warnings():  # ray 2.60 deprecates these two as map_batches kwargs, with no other
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")  # way to pass them yet
+        with warnings.catch_warnings():  # ray 2.60 deprecates these two as map_batches kwargs and has no named
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")  # parameter for them yet
             return rows.map_batches(actor, fn_constructor_args=args, batch_size=batch, batch_format="numpy",
                                     compute=ray.data.ActorPoolStrategy(size=self.count), num_cpus=self.cpus,
                                     num_gpus=self.gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
@@ -171,7 +171,7 @@ class PredictorFactory:
 
     def describe(self) -> tuple:
         """(config, classes) of the model, read on the driver (a bad file fails here, in one line, before any
-        actor starts): loaded on the CPU without the Winograd conversion, then released."""
+        actor starts): loaded on the CPU without the CPU-kernel conversion (no timing), then released."""
         skip = [] if is_onnx_file(self.path) else ["runtime.winograd=false"]  # the conversion is a .pth matter
         with load_predictor(self.path, "cpu", self.config, list(self.overrides) + skip) as predictor:
             return predictor.config, list(predictor.classes)
