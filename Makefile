@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
-	$(PY) -m pip install -q -e ".[test,export]"
+	$(PY) -m pip install -q -e ".[test,export,serve]"
 	# tidecv (the TIDE authors' code) is only a reference for tests/test_analysis.py; --no-deps keeps out its
 	# opencv-python, which must not sit beside the headless OpenCV we use.
 	$(PY) -m pip install -q --no-deps "tidecv==1.0.1" && $(PY) -m pip install -q appdirs pandas seaborn
