@@ -457,6 +457,22 @@ def test_api_key_is_required_on_the_api_only():
         server.stop()
 
 
+def test_an_onnx_export_serves_like_its_predictor():
+    from vggdet.serve import build_service
+
+    model = str(FIXTURES / "legacy_v1.onnx")
+    server = ThreadServer(create_app(build_service(model, ServeSettings())))
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.get("/v1/model").json()["backend"] == "onnxruntime"
+            got = c.post("/v1/detect", params={"score_thr": 0.12}, files={"image": ("a.png", LEGACY_IMAGE.read_bytes())})
+        predictor = load_predictor(model)
+        want = detection_record("a.png", 128, 128, predictor.predict(str(LEGACY_IMAGE), score_thresh=0.12))
+        assert {k: v for k, v in got.json().items() if k != "time_ms"} == want and want["detections"]
+    finally:
+        server.stop()
+
+
 def test_factory_app_answers_healthz_while_the_model_loads():
     release = threading.Event()
 

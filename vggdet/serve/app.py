@@ -109,7 +109,7 @@ def create_app(service: Union[DetectionService, Callable[[], DetectionService]],
     page = _page_files()
     bearer = HTTPBearer(auto_error=False, description="--api-key: send Authorization: Bearer <key>")
 
-    def authorized(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    async def authorized(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
         if settings.api_key is None:
             return
         token = credentials.credentials if credentials is not None else ""

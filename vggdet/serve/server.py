@@ -54,22 +54,22 @@ class _Server(uvicorn.Server):
         self.drain, self.drain_timeout_s, self.on_ready = drain, drain_timeout_s, on_ready
         self.signal: Optional[int] = None
         self.deadline = 0.0
-        self.announced = False
+        self.in_flight_at_signal: Optional[int] = None  # announced at the next tick (no printing in a handler)
 
     def handle_exit(self, sig: int, frame) -> None:  # a signal handler: only set flags
         if self.signal is not None:
             self.should_exit = self.force_exit = True
             return
-        self.signal = sig
+        self.signal, self.in_flight_at_signal = sig, self.drain.in_flight
         self.deadline = time.monotonic() + self.drain_timeout_s
         self.drain.draining = True
 
     async def on_tick(self, counter: int) -> bool:  # every 0.1 s
         if self.drain.draining:
-            if not self.announced:
-                self.announced = True
-                print(f"{signal.Signals(self.signal).name}: finishing {self.drain.in_flight} request(s) in flight "
+            if self.in_flight_at_signal is not None:
+                print(f"{signal.Signals(self.signal).name}: finishing {self.in_flight_at_signal} request(s) in flight "
                       "(new ones get 503), then stopping", flush=True)
+                self.in_flight_at_signal = None
             if self.drain.in_flight == 0 or time.monotonic() > self.deadline:
                 self.should_exit = True
         return await super().on_tick(counter)
