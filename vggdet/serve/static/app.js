@@ -134,7 +134,19 @@ function canvasScale(view, width, height) {
   return Math.min(onScreen / width, MAX_CANVAS / Math.max(width, height));
 }
 
+const DET_COLUMNS = ["#", "class", "score", "box (x1, y1, x2, y2)"];
+const FRAME_COLUMNS = ["frame", "time (s)", "shown", "best shown"];
+
+function setColumns(table, names) {
+  table.tHead.rows[0].replaceChildren(...names.map((h) => {
+    const th = document.createElement("th");
+    th.textContent = h;
+    return th;
+  }));
+}
+
 function fillTable(table, dets) {
+  setColumns(table, DET_COLUMNS);
   const body = table.tBodies[0];
   body.replaceChildren();
   if (!dets.length) {
@@ -183,20 +195,42 @@ function frameAt(item, seconds) {
 
 function drawVideoItem(item) {
   const { video, canvas } = item;
-  if (!video.videoWidth) return;
-  const scale = canvasScale(item.view, video.videoWidth, video.videoHeight);
-  canvas.width = Math.max(1, Math.round(video.videoWidth * scale));
-  canvas.height = Math.max(1, Math.round(video.videoHeight * scale));
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const frame = frameAt(item, video.currentTime);
-  const dets = frame ? shown(frame.detections) : [];
-  drawBoxes(ctx, dets, scale, canvas.width / (item.view.clientWidth || canvas.width));
-  canvas.dataset.boxes = String(dets.length);
-  fillTable(item.table, dets);
-  const where = frame ? `frame ${frame.frame}: ${dets.length} of ${frame.detections.length} shown` : "no frame yet";
+  let where;
+  if (video.videoWidth) {
+    const scale = canvasScale(item.view, video.videoWidth, video.videoHeight);
+    canvas.width = Math.max(1, Math.round(video.videoWidth * scale));
+    canvas.height = Math.max(1, Math.round(video.videoHeight * scale));
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const frame = frameAt(item, video.currentTime);
+    const dets = frame ? shown(frame.detections) : [];
+    drawBoxes(ctx, dets, scale, canvas.width / (item.view.clientWidth || canvas.width));
+    canvas.dataset.boxes = String(dets.length);
+    fillTable(item.table, dets);
+    where = frame ? `frame ${frame.frame} on screen: ${dets.length} of ${frame.detections.length} shown` : "no frame yet";
+  } else {
+    // the server decoded it, but this browser cannot play it (e.g. MPEG-4 part 2): list the frames instead
+    canvas.dataset.boxes = "0";
+    if (item.unplayable) fillFrameTable(item);
+    where = item.unplayable ? "this browser cannot play this video's format; its frames are listed below"
+      : "loading the video…";
+  }
   item.meta.textContent = `${item.frames.length} frames processed${item.done ? "" : " so far"} · ${where}` +
     (item.done ? ` · ${item.seconds.toFixed(1)} s` : "");
+}
+
+function fillFrameTable(item) {
+  setColumns(item.table, FRAME_COLUMNS);
+  const body = item.table.tBodies[0];
+  body.replaceChildren();
+  for (const f of item.frames) {
+    const dets = shown(f.detections);
+    const best = dets.length ? `${dets[0].label} ${dets[0].score.toFixed(3)}` : "";
+    const row = body.insertRow();
+    for (const v of [f.frame, f.time_s.toFixed(2), `${dets.length} of ${f.detections.length}`, best]) {
+      row.insertCell().textContent = v;
+    }
+  }
 }
 
 function redrawAll() {
@@ -221,11 +255,8 @@ function newCard(file, kind) {
   view.className = "view";
   const table = document.createElement("table");
   table.className = "dets";
-  table.createTHead().insertRow().append(...["#", "class", "score", "box (x1, y1, x2, y2)"].map((h) => {
-    const th = document.createElement("th");
-    th.textContent = h;
-    return th;
-  }));
+  table.createTHead().insertRow();
+  setColumns(table, DET_COLUMNS);
   table.createTBody();
   card.append(title, meta, view, table);
   $("results").prepend(card);
@@ -295,6 +326,7 @@ async function detectVideo(file) {
   item.view.replaceChildren(item.video, item.canvas);
   const redraw = () => drawVideoItem(item);
   for (const ev of ["loadeddata", "seeked", "timeupdate", "pause"]) item.video.addEventListener(ev, redraw);
+  item.video.addEventListener("error", () => { item.unplayable = true; item.video.hidden = true; redraw(); });
   if (item.video.requestVideoFrameCallback) {
     const onFrame = () => { redraw(); item.video.requestVideoFrameCallback(onFrame); };
     item.video.requestVideoFrameCallback(onFrame);
@@ -376,6 +408,7 @@ function init() {
     $("download").disabled = true;
   });
   $("key").value = state.key;
+  $("key-row").addEventListener("submit", (e) => { e.preventDefault(); $("key").dispatchEvent(new Event("change")); });
   $("key").addEventListener("change", () => {
     state.key = $("key").value.trim();
     sessionStorage.setItem("vggdet-api-key", state.key);
