@@ -177,14 +177,15 @@ def create_app(service: Union[DetectionService, Callable[[], DetectionService]],
                            classes: Optional[str] = CLASSES) -> StreamingResponse:
         svc = ready()
         keep = svc.class_filter(classes)
-        data = await _read_video(request)
-        lines = svc.video_lines(data, every=every, start_frame=start_frame, max_frames=max_frames,
-                                score_thr=score_thr, keep=keep)
-        del data
+        slot = svc.video_slot()  # 503 before the upload is read
         try:
-            first = await anyio.to_thread.run_sync(next, lines, None)  # every check runs here: errors before 200
+            data = await _read_video(request)
+            lines = svc.video_lines(data, slot, every=every, start_frame=start_frame, max_frames=max_frames,
+                                    score_thr=score_thr, keep=keep)
+            del data
+            first = await anyio.to_thread.run_sync(next, lines, None)  # the video's checks: errors before 200
         except BaseException:
-            lines.close()
+            slot.release()  # (the generator released it already if it ran)
             raise
         return StreamingResponse(_ndjson(first, lines), media_type="application/x-ndjson")
 
@@ -255,7 +256,7 @@ async def _read_video(request: Request) -> bytes:
 
 def _label(filename: Optional[str], k: int, n: int) -> str:
     """How messages name an upload: its file name (quoted, as data), else its position."""
-    name = json.dumps(filename)[:80] if filename else ""
+    name = json.dumps(filename[:80], ensure_ascii=False) if filename else ""
     return f"image {name}".strip() if n == 1 else f"image {k + 1} {name}".strip()
 
 

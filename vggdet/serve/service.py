@@ -36,7 +36,7 @@ from vggdet.inference.outputs import detection_record, detections_to_json
 from vggdet.serve.batcher import Batcher, QueueFull, Slots
 from vggdet.serve.limits import ServeError, ServeSettings, check_image
 
-__all__ = ["DetectionService", "Upload", "build_service"]
+__all__ = ["DetectionService", "Upload", "VideoSlot", "build_service"]
 
 WARMUP_SIZE = (480, 640)  # (h, w) of the warm-up image: a typical photo (resized like one: 600x800 for VOC)
 WARMUP_RUNS = 2  # the first call pays one-time costs (allocations, the Winograd timing on the CPU)
@@ -166,23 +166,33 @@ class DetectionService:
         return records
 
     # ------------------------------------------------------------------------------------- videos
-    def video_lines(self, data: bytes, *, every: int = 1, start_frame: int = 0, max_frames: Optional[int] = None,
-                    score_thr: Optional[float] = None, keep: Optional[frozenset] = None) -> Iterator[dict]:
-        """A video upload -> one dict per frame {"frame", "time_s", "detections"} as each is done (the model on
-        every `every`-th frame, the frames between repeating its detections, as tools/infer.py).
-
-        A sync generator that blocks on the model: step it off the event loop. Its first step checks
-        everything (503 too many videos or a full queue, 415 not a video, 413 frames over max_pixels,
-        400 start_frame past the end) before any line; the temp file lives exactly as long as it runs."""
-        import cv2
-
-        from vggdet.inference.video import detect_frames, frame_rate, read_frames
-
+    def video_slot(self) -> VideoSlot:
+        """A place for one video stream, taken before its upload is read: 503 when --max-videos streams run
+        or the queue is full. `video_lines` releases it when the stream ends."""
         with self._lock:
             if self._videos >= self.settings.max_videos or self.batcher.pending >= self.settings.queue:
                 raise ServeError(503, f"busy: {self._videos} video(s) streaming, {self.batcher.pending} images "
                                       "queued; retry shortly", {"Retry-After": "2"})
             self._videos += 1
+        return VideoSlot(self._video_done)
+
+    def _video_done(self) -> None:
+        with self._lock:
+            self._videos -= 1
+
+    def video_lines(self, data: bytes, slot: VideoSlot, *, every: int = 1, start_frame: int = 0,
+                    max_frames: Optional[int] = None, score_thr: Optional[float] = None,
+                    keep: Optional[frozenset] = None) -> Iterator[dict]:
+        """A video upload -> one dict per frame {"frame", "time_s", "detections"} as each is done (the model on
+        every `every`-th frame, the frames between repeating its detections, as tools/infer.py).
+
+        A sync generator that blocks on the model: step it off the event loop. Its first step checks the
+        video (415 not a video, 413 frames over max_pixels, 400 start_frame past the end) before any line;
+        the temp file lives exactly as long as it runs, and the end releases `slot`."""
+        import cv2
+
+        from vggdet.inference.video import detect_frames, frame_rate, read_frames
+
         path, cap = None, None
         try:
             fd, path = tempfile.mkstemp(dir=self.tmp_dir, suffix=".video")  # a name of ours, never the client's
@@ -213,8 +223,20 @@ class DetectionService:
                 cap.release()
             if path is not None:
                 os.unlink(path)
-            with self._lock:
-                self._videos -= 1
+            slot.release()
+
+
+class VideoSlot:
+    """One of the --max-videos places; `release` is idempotent (the stream's end and the request's error path
+    may both call it)."""
+
+    def __init__(self, release):
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class _ViaBatcher:
