@@ -6,7 +6,8 @@
         futures = batcher.submit([item], slots)  # concurrent.futures, each -> (result, Timing)
 
 One thread calls `run` (predictors are not thread-safe, and one model call at a time is what a CPU or a GPU
-runs best); the event loop only queues items and awaits futures. Capacity counts queued items plus the
+runs best); the event loop only queues items and awaits futures. `setup`, when given, runs first on that
+thread (the service loads its model there: see vggdet/serve/service.py for why). Capacity counts queued items plus the
 slots reserved by requests still being received or decoded, so a full queue refuses a request before its
 body is read and memory stays bounded by `capacity` uploads and images.
 
@@ -77,8 +78,10 @@ class Batcher:
     """See the module docstring. `run(items) -> results` runs on the worker thread only."""
 
     def __init__(self, run: Callable[[list], list], *, max_batch: int, max_wait_s: float, capacity: int,
-                 name: str = "vggdet-model"):
+                 setup: Optional[Callable[[], None]] = None, name: str = "vggdet-model"):
         self.run, self.max_batch, self.max_wait_s, self.capacity = run, max_batch, max_wait_s, capacity
+        self.setup = setup  # run first on the worker thread; `started` resolves when it has
+        self.started: Future = Future()
         self._jobs: collections.deque = collections.deque()
         self._reserved = 0
         self._closed = False
@@ -144,6 +147,15 @@ class Batcher:
 
     # -------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
+        try:
+            if self.setup is not None:
+                self.setup()
+        except BaseException as e:
+            with self._cond:
+                self._closed = True
+            self.started.set_exception(e)
+            return
+        self.started.set_result(None)
         while True:
             jobs = self._take()
             if jobs is None:
