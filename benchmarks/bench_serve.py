@@ -4,10 +4,10 @@ predictor's own batch-1 speed measured in the same run, and RSS over a soak.
     python benchmarks/bench_serve.py MODEL [--concurrency 1,4,16] [--seconds 20] [--soak 120 --soak-concurrency 8]
                                      [--image PATH] [--server-args "--max-batch 8 --max-wait-ms 5"] [--json out.json]
 
-Needs aiohttp (pip install aiohttp). MODEL: what tools/serve.py loads (.pth, .onnx, int8 .onnx), or `vgg16-random` for the full VGG16 with random
-weights and 21 classes (written to a temp checkpoint). One process runs the clients (asyncio, aiohttp: a
-third of httpx's client time per request, so the client's share of the latency stays small), the
-server is `tools/serve.py` in a subprocess on 127.0.0.1, so the two share this machine's cores as a
+Needs aiohttp (pip install aiohttp). MODEL: what tools/serve.py loads (.pth, .onnx, int8 .onnx), or
+`vgg16-random` for the full VGG16 with random weights and 21 classes (written to a temp checkpoint). One
+process runs the clients (asyncio, aiohttp: a third of httpx's client time per request, so the client's
+share of the latency stays small), the server is `tools/serve.py` in a subprocess on 127.0.0.1, so the two share this machine's cores as a
 server and a local client would. Per concurrency level: each client posts the image (raw body) again and
 again, for --seconds or --max-requests in all, after one warm-up request each; reported: images/s,
 p50 / p95 / p99 latency, errors (any status but 200, or a failed request), the mean batch the server ran
