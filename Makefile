@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
-	$(PY) -m pip install -q -e ".[test,export,bench,ray]"
+	$(PY) -m pip install -q -e ".[test,export,bench,serve,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,8 @@ from conftest import ROOT
 
 ROOT_MODULES = {"vggdet.__init__", "vggdet._moved", "vggdet.config", "vggdet.fileio", "vggdet.errors",
                 "vggdet.distributed", "vggdet.runtime"}
-SUBPACKAGES = {"model", "data", "evaluation", "training", "inference", "deploy", "cli"}
+SUBPACKAGES = {"model", "data", "evaluation", "training", "inference", "deploy", "cli", "serve"}
+WEB_STACK = ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart")
 
 
 def _vggdet_imports(path: Path) -> set:
@@ -70,6 +71,11 @@ def test_imports_run_one_way():
     assert _offenders(g, "vggdet.training", ("vggdet.deploy", "vggdet.cli", "vggdet.inference.images",
                                              "vggdet.inference.video", "vggdet.inference.onnx_backend")) == []
     assert _offenders(g, "vggdet.deploy", ("vggdet.training.trainer", "vggdet.cli")) == []
+    # the server runs a predictor through vggdet.inference, never a backend or the model by name
+    assert _offenders(g, "vggdet.serve", ("vggdet.inference.torch_backend", "vggdet.inference.onnx_backend",
+                                          "vggdet.model", "vggdet.training", "vggdet.deploy", "vggdet.cli")) == []
+    assert sorted(n for n, deps in g.items() if not n.startswith("vggdet.serve")
+                  and any(d == "vggdet.serve" or d.startswith("vggdet.serve.") for d in deps)) == ["vggdet.cli.serve"]
     # the runners take a predictor and never ask which backend it is
     for runner in ("images", "video", "outputs", "draw", "dataset", "ray_data"):
         assert _offenders(g, f"vggdet.inference.{runner}", ("vggdet.inference.torch_backend",
@@ -142,6 +148,20 @@ def test_public_api_and_detector_from_checkpoint():
     for backend in (TorchPredictor, OnnxPredictor):
         assert not shared & set(vars(backend)), backend
         assert {"_prepare", "_forward"} <= set(vars(backend))
+
+
+def test_only_the_server_imports_the_web_stack():
+    """fastapi / starlette / uvicorn / python-multipart are the serve extra: only vggdet/serve/ imports them."""
+    for path in (ROOT / "vggdet").rglob("*.py"):
+        if path.parent.name == "serve":
+            continue
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+        assert not names & set(WEB_STACK), path.relative_to(ROOT)
 
 
 @pytest.mark.parametrize("module", ["vggdet", "vggdet.config"])

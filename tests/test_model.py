@@ -144,6 +144,16 @@ def test_eval_outputs_inside_image_and_mapped_back():
         assert ((d["labels"] >= 1) & (d["labels"] <= 2)).all() and (d["scores"] > 0.05).all()
 
 
+def test_tiny_and_thin_images_give_no_detections_not_errors():
+    """A 2x3 image (resized x43: every proposal is below rpn.min_size x scale, so zero RoIs reach the head)
+    and a 1x4000 one (its shorter side resized to 0 px before the clamp) are inputs, not crashes."""
+    model = tiny_model("model.rpn.min_size=4").eval()
+    with torch.no_grad():
+        dets = model([torch.rand(3, 2, 3), torch.rand(3, 1, 4000), torch.rand(3, 4000, 1)])
+    assert [d["boxes"].shape for d in dets] == [(0, 4)] * 3
+    assert torch.equal(BoxCoder((0.1, 0.1, 0.2, 0.2)).decode(torch.zeros(0, 12), torch.zeros(0, 4)), torch.zeros(0, 12))
+
+
 def test_full_size_vgg16_forward_shapes():
     cfg = load_config(None, ["model.input.min_size=224", "model.input.max_size=320"])
     model = build_detector(cfg).eval()

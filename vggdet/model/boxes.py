@@ -44,7 +44,7 @@ class BoxCoder:
         ref = ref.to(deltas.dtype)
         rw, rh = ref[:, 2:3] - ref[:, 0:1], ref[:, 3:4] - ref[:, 1:2]
         rx, ry = ref[:, 0:1] + 0.5 * rw, ref[:, 1:2] + 0.5 * rh
-        d = deltas.reshape(deltas.shape[0], -1, 4) * deltas.new_tensor(self.stds)
+        d = deltas.unflatten(1, (-1, 4)) * deltas.new_tensor(self.stds)  # unflatten: also for R = 0
         cx = d[..., 0] * rw + rx
         cy = d[..., 1] * rh + ry
         w = torch.exp(d[..., 2].clamp(max=BBOX_XFORM_CLIP)) * rw

@@ -23,7 +23,7 @@ def resized_size(hw: Tensor, min_size: int, max_size: int) -> Tensor:
     eager model and the ONNX graph (vggdet/deploy/export.py) both size images by this function."""
     short, long = torch.minimum(hw[..., 0], hw[..., 1]), torch.maximum(hw[..., 0], hw[..., 1])
     s = torch.minimum(min_size / short, max_size / long)
-    return torch.round(hw * s[..., None]).to(torch.int64)
+    return torch.round(hw * s[..., None]).clamp(min=1).to(torch.int64)  # a 1x4000 image: not 0 px high
 
 
 class InputTransform(nn.Module):
