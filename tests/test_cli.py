@@ -76,8 +76,8 @@ def test_help_answers_without_importing_torch():
             "        module.main(['--help'])\n"
             "    except SystemExit:\n"
             "        pass\n"
-            "    heavy = [m for m in ('torch', 'cv2', 'onnx', 'matplotlib', 'albumentations', 'fastapi', 'uvicorn',
-            "                         'ray') if m in sys.modules]\n"
+            "    heavy = [m for m in ('torch', 'cv2', 'onnx', 'matplotlib', 'albumentations', 'fastapi', 'uvicorn',"
+            "             'ray') if m in sys.modules]\n"
             "    assert not heavy, (name, heavy)\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
