@@ -93,9 +93,9 @@ def test_imports_run_one_way():
     assert len(functions) > 100 and not [f for f in functions if f.startswith("test_")]
 
 
-def test_only_the_ray_runner_imports_ray():
-    """Ray is an extra (`pip install 'vggdet[ray]'`): one module imports it, and only inside its functions, so
-    importing that module (or anything else in vggdet) never needs Ray."""
+def test_only_the_ray_modules_import_ray():
+    """Ray is an extra (`pip install 'vggdet[ray]'`): the Ray Data runner and the Ray Serve deployment import
+    it, and only inside their functions, so importing them (or anything else in vggdet) never needs Ray."""
     users = {}
     for path in (ROOT / "vggdet").rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -104,9 +104,10 @@ def test_only_the_ray_runner_imports_ray():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             if any(n == "ray" or n.startswith("ray.") for n in names):
                 users.setdefault(str(path.relative_to(ROOT)), []).append(node)
-    assert sorted(users) == ["vggdet/inference/ray_data.py"], sorted(users)
-    top_level = ast.parse((ROOT / "vggdet" / "inference" / "ray_data.py").read_text()).body
-    assert not [n for n in top_level if n in users["vggdet/inference/ray_data.py"]]
+    assert sorted(users) == ["vggdet/inference/ray_data.py", "vggdet/serve/ray_serve.py"], sorted(users)
+    for path, nodes in users.items():
+        top_level = ast.parse((ROOT / path).read_text()).body
+        assert not [n for n in top_level if n in nodes], path
 
 
 def test_moved_modules_import_for_one_version_with_a_warning():

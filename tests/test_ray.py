@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -14,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import LEGACY, LEGACY_EXPECTED, free_port, one_line, run_tool
+from conftest import LEGACY, LEGACY_EXPECTED, ROOT, free_port, one_line, run_tool
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
@@ -219,3 +221,97 @@ def test_ray_flags_need_ray_and_fit_the_device(capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err, argv
     assert parse_args(["m.pth", "a.jpg", "--ray"]).ray == "local"
     assert parse_args(["m.pth", "a.jpg", "--ray", "10.0.0.1:6379", "--workers", "3"]).workers == 3
+
+
+# ---------------------------------------------------------------------------------- Ray Serve replicas
+def _replica_pid(name: str) -> int:
+    """The pid of the Serve replica whose id is `name` (the end of its actor's name)."""
+    actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("#" + name)]
+    assert len(actors) == 1, actors
+    actor = ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"])
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+
+
+def test_serve_replicas_on_ray_answer_like_one_process_and_a_killed_one_is_replaced(ray_address, tiny_ckpt, tmp_path):
+    """tools/serve.py --ray ADDRESS --replicas 2 joins the module's Ray instance: both replicas answer (named by
+    X-Vggdet-Replica), every answer equals the one-process app's, a replica killed by pid is replaced while
+    requests keep succeeding, and SIGTERM deletes the app and exits 0."""
+    httpx = pytest.importorskip("httpx", reason="the server tests need httpx (test extra)")
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[ray]')")
+    import asyncio
+
+    from vggdet.serve import ServeSettings, build_service, create_app
+
+    overrides = ["runtime.score_thresh=0.0", *SAME]
+    rng = np.random.default_rng(1)
+    images = [cv2.imencode(".png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))[1].tobytes()
+              for h, w in ((128, 128), (96, 160), (200, 120))]
+
+    async def one_process(app) -> list:  # the one-process server's app, called in this process
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://one") as client:
+            return [(await client.post("/v1/detect", content=b, headers={"content-type": "image/png"})).json()
+                    for b in images]
+
+    service = build_service(str(tiny_ckpt), ServeSettings(), overrides=overrides)
+    try:
+        want = asyncio.run(one_process(create_app(service)))
+    finally:
+        service.close()
+    for w in want:
+        del w["time_ms"]
+    assert sum(len(w["detections"]) for w in want) > 0
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "tools/serve.py", str(tiny_ckpt), "--ray", ray_address,
+                                 "--replicas", "2", "--port", str(port), "--set", *overrides],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    answers, names = [], []
+
+    def ask(client, k: int) -> None:
+        r = client.post(url + "/v1/detect", content=images[k % 3], headers={"content-type": "image/png"})
+        answers.append((r.status_code, k % 3, r.json() if r.status_code == 200 else r.text))
+        names.append(r.headers.get("x-vggdet-replica"))
+
+    try:
+        deadline = time.monotonic() + 240
+        while "serving " not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        with httpx.Client(timeout=60) as client:
+            for k in range(60):  # both replicas answer (the proxy spreads requests over them)
+                ask(client, k)
+                if len(set(names)) == 2:
+                    break
+            first = set(names)
+            assert len(first) == 2 and None not in first, names
+            victim = names[-1]
+            os.kill(_replica_pid(victim), signal.SIGKILL)
+            deadline, k = time.monotonic() + 120, 0
+            while not set(names) - first and time.monotonic() < deadline and k < 2000:
+                ask(client, k)
+                k += 1
+            assert set(names) - first, "no new replica answered within 120 s"
+            assert client.get(url + "/").status_code == 200  # the page too
+        for status, i, got in answers:
+            assert status == 200, got
+            del got["time_ms"]
+            assert got == want[i]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert "stopped" in log.read_text()
+    deadline = time.monotonic() + 60  # the app is deleted: no replica is left on the cluster
+    while [a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"]]:
+        assert time.monotonic() < deadline, "replicas left on the cluster"
+        time.sleep(0.5)
+
+
+def test_replica_flags_need_ray(tiny_ckpt):
+    r = run_tool(["tools/serve.py", str(tiny_ckpt), "--replicas", "2"])
+    assert r.returncode == 2 and "--replicas needs --ray" in r.stderr

@@ -79,10 +79,26 @@ class DrainGate:
             self.drain.in_flight -= 1
 
 
+class ReplicaHeader:
+    """ASGI middleware: names the replica that answered (`X-Vggdet-Replica`) on every response."""
+
+    def __init__(self, app, replica: str):
+        self.app, self.header = app, (b"x-vggdet-replica", replica.encode("latin-1", "replace"))
+
+    async def __call__(self, scope, receive, send):
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
+
+
 def create_app(service: Union[DetectionService, Callable[[], DetectionService]],
-               settings: Optional[ServeSettings] = None) -> FastAPI:
+               settings: Optional[ServeSettings] = None, replica: str = "") -> FastAPI:
     """The app with every route, around a ready `service` or a `service()` factory run at startup (off the
-    event loop; /readyz answers 503 until it returns). `settings`: the service's when not given."""
+    event loop; /readyz answers 503 until it returns). `settings`: the service's when not given. `replica`:
+    a name sent as `X-Vggdet-Replica` on every answer (Ray Serve replicas, vggdet/serve/ray_serve.py)."""
     from vggdet import __version__
 
     factory = None if isinstance(service, DetectionService) else service
@@ -104,7 +120,9 @@ def create_app(service: Union[DetectionService, Callable[[], DetectionService]],
                   description="Faster R-CNN (VGG16) object detection. Errors are {\"error\": \"<one line>\"}.")
     app.state.drain = drain
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(DrainGate, drain=drain)  # outermost: added last
+    app.add_middleware(DrainGate, drain=drain)
+    if replica:
+        app.add_middleware(ReplicaHeader, replica=replica)  # outermost: added last
     _add_error_handlers(app)
     page = _page_files()
     bearer = HTTPBearer(auto_error=False, description="--api-key: send Authorization: Bearer <key>")
