@@ -29,11 +29,11 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from common import machine  # noqa: E402
 
 from vggdet import build_detector, load_config  # noqa: E402
 from vggdet.inference import load_predictor  # noqa: E402
 from vggdet.inference.images import run_images  # noqa: E402
-from vggdet.runtime import cpu_flags, cpu_model  # noqa: E402
 from vggdet.training.checkpoint import save_checkpoint  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "bccd", "VOCdevkit", "VOC2007")
@@ -124,8 +124,7 @@ def main() -> None:
                             best[name] = (total, steady)
         finally:
             ray.shutdown()
-    flags = " ".join(sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")))
-    print(f"\n{cpu_model()} ({cores} cores; {flags or 'no flags read'}), torch {torch.__version__}, ray {ray.__version__}, "
+    print(f"\n{machine()}, ray {ray.__version__}, "
           f"{a.config} random weights, precision {precision}, {len(jpgs)} BCCD 640x480 JPEGs; load average "
           f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
     base = len(jpgs) / best["one process"][0]

@@ -39,19 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import aiohttp  # noqa: E402
+from common import machine  # noqa: E402
 
 from vggdet.data.image_io import decode_image  # noqa: E402
-from vggdet.runtime import cpu_flags, cpu_model  # noqa: E402
-
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def machine() -> str:
-    import torch
-
-    flags = " ".join(f for f in FLAGS if f in cpu_flags()) or "none of " + ",".join(FLAGS)
-    return (f"CPU {cpu_model()} ({os.cpu_count()} cores, flags: {flags}), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}")
 
 
 def vgg16_random(folder: str) -> str:
