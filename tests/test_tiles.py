@@ -120,3 +120,33 @@ def test_infer_tiles_flag_and_bad_values(tmp_path, tiny_ckpt):
     for bad in ("8", "160,1.5", "abc", "160,0.2,3"):
         r = run_tool(["tools/infer.py", str(tiny_ckpt), str(tmp_path / "big.png"), "--tiles", bad])
         assert r.returncode == 2 and "argument --tiles: expected SIZE" in r.stderr.splitlines()[-1], (bad, r.stderr)
+
+
+def test_the_server_answers_tiled_detections():
+    """The server's batched path (vggdet/serve/service.py) gives the tiled predictor's detections."""
+    httpx = pytest.importorskip("httpx", reason="the server tests need httpx (test extra)")
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    import asyncio
+
+    from vggdet.serve import DetectionService, ServeSettings, create_app
+
+    rng = np.random.default_rng(1)
+    canvas = np.zeros((700, 900, 3), np.uint8)
+    for x, y in rng.integers(10, 680, (12, 2)):
+        canvas[y:y + 14, x:x + 14] = 255
+    want = BlobPredictor(tiles="256").predict(canvas)
+    service = DetectionService(BlobPredictor(tiles="256"), ServeSettings())
+    service.warm_up()
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://t") as c:
+            body = cv2.imencode(".png", canvas)[1].tobytes()
+            return (await c.post("/v1/detect", content=body, headers={"content-type": "image/png"})).json()
+
+    try:
+        got = asyncio.run(ask())
+    finally:
+        service.close()
+    assert len(got["detections"]) == len(want["boxes"]) > 5
+    np.testing.assert_allclose(sorted(d["box"] for d in got["detections"]),
+                               sorted(np.round(want["boxes"], 2).tolist()), atol=0.011)
