@@ -25,7 +25,7 @@ torch.cuda.max_memory_allocated. Variants:
   onnxruntime-int8, openvino-int8
                   that export quantized by vggdet/quantize.py (int8 convs and fc6/fc7, calibrated on 8
                   images like the benchmark's), run by each runtime
-  onnxruntime-int8-svd
+  onnxruntime-int8-svd, openvino-int8-svd
                   the same with fc6/fc7 first factored by truncated SVD to ranks 1024/256 (--svd 1024,256)
 --amp runs every variant under autocast (fp16 on CUDA, bf16 on CPU).
 """
@@ -49,7 +49,8 @@ from vggdet import build_detector, load_config  # noqa: E402
 from vggdet.config import RuntimeConfig  # noqa: E402
 from vggdet.inference.tuning import convert_for_inference  # noqa: E402
 
-ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8", "onnxruntime-int8-svd"]
+ONNX_VARIANTS = ["onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8", "onnxruntime-int8-svd",
+                 "openvino-int8-svd"]
 ALL = ["vggdet", "torchvision", "vggdet-plain", "vggdet-cl", "torchvision-cl", "vggdet-bf16", "vgg19", *ONNX_VARIANTS]
 
 
