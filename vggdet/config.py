@@ -222,10 +222,11 @@ class RuntimeConfig:
     amp_dtype: Optional[Literal["float16", "bfloat16"]] = None
     # NHWC conv input; None = for CPU inference and CUDA autocast (see FasterRCNN._channels_last).
     channels_last: Optional[bool] = None
-    # Winograd F(4x4,3x3) for the wide 3x3 convs; None = CPU fp32 inference (vggdet/model/winograd.py).
+    # CPU inference kernels (prepacked oneDNN convs and fc layers, Winograd F(4x4,3x3); vggdet/model/
+    # cpu_kernels.py), applied by the predictor; None = on for CPU inference, False = the plain layers.
     winograd: Optional[bool] = None
-    # Which convs run by Winograd: True = the faster of Winograd / oneDNN, timed once per conv shape and
-    # input size and cached per machine in ~/.cache/vggdet/winograd.json; False = the fixed width rule.
+    # Which kernel each conv runs: True = the fastest, timed once per conv shape and input size and cached
+    # per machine in ~/.cache/vggdet/winograd.json; False = the fixed rule (Winograd on the wide layers).
     winograd_tune: bool = True
     # Detection score cut-off for testing / inference; None = model.roi_head.score_thresh.
     score_thresh: Optional[float] = None
