@@ -312,6 +312,9 @@ def test_serve_replicas_on_ray_answer_like_one_process_and_a_killed_one_is_repla
         time.sleep(0.5)
 
 
-def test_replica_flags_need_ray(tiny_ckpt):
+def test_replica_flags_need_ray_and_a_bad_model_fails_before_ray(tiny_ckpt, tmp_path):
     r = run_tool(["tools/serve.py", str(tiny_ckpt), "--replicas", "2"])
     assert r.returncode == 2 and "--replicas needs --ray" in r.stderr
+    missing = tmp_path / "nope.pt"  # checked before joining: the address (where nothing listens) is not reached
+    r = run_tool(["tools/serve.py", str(missing), "--ray", f"127.0.0.1:{free_port()}", "--replicas", "2"])
+    assert r.returncode == 2 and one_line(r) == f"error: checkpoint not found: {missing}", r.stderr

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 from vggdet.inference.ray_data import PredictorFactory, Workers, ray_session
 from vggdet.serve.limits import ServeSettings
 
-__all__ = ["APP_NAME", "deploy", "undeploy", "serve_on_ray", "replica_name"]
+__all__ = ["APP_NAME", "check_model", "deploy", "undeploy", "serve_on_ray", "replica_name"]
 
 APP_NAME = "vggdet"  # the Serve application and deployment name; its replicas' actors are named after it
 HEALTH_CHECK_PERIOD_S = 2.0  # how often the controller asks each replica (a dead one is replaced after)
@@ -72,21 +72,28 @@ def _application(factory: PredictorFactory, settings: ServeSettings, workers: Wo
     return serve.deployment(serve.ingress(build_app)(), **options).bind()
 
 
+def check_model(factory: PredictorFactory) -> None:
+    """Load the model once on this process (CPU, no kernel timing) so a bad file or config fails in one line
+    naming it, before Ray or any replica starts; ValueError for a model without an RPN."""
+    model_config, _ = factory.describe()
+    if model_config.model.proposals != "rpn":
+        raise ValueError(f"{factory.path}: model.proposals={model_config.model.proposals!r}; serving needs a model "
+                         "with an RPN")
+
+
 def deploy(model: str, settings: ServeSettings, *, host: str, port: int, replicas: int = 1,
            max_replicas: Optional[int] = None, cpus: float = 1.0, gpus: float = 0.0,
-           config: Optional[str] = None, overrides: Optional[list] = None) -> str:
+           config: Optional[str] = None, overrides: Optional[list] = None, check: bool = True) -> str:
     """Start Serve's proxy on host:port (Ray must be initialised) and run the app with its replicas; returns
-    the URL once every replica is loaded and warmed up. The model is checked here first (one line naming
-    the file, before any replica starts)."""
+    the URL once every replica is loaded and warmed up. The model is checked here first unless `check` is
+    False (one line naming the file, before any replica starts)."""
     from ray import serve
 
     if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
         raise ValueError(f"--replicas {replicas} --max-replicas {max_replicas}: need 1 <= N <= M")
     factory = PredictorFactory(model, config, tuple(overrides or ()))
-    model_config, _ = factory.describe()
-    if model_config.model.proposals != "rpn":
-        raise ValueError(f"{model}: model.proposals={model_config.model.proposals!r}; serving needs a model with "
-                         "an RPN")
+    if check:
+        check_model(factory)
     workers = Workers(replicas, cpus, gpus)
     serve.start(http_options={"host": host, "port": port})
     serve.run(_application(factory.for_workers(workers), settings, workers, max_replicas), name=APP_NAME,
@@ -107,6 +114,7 @@ def serve_on_ray(model: str, settings: ServeSettings, *, address: str, host: str
     """tools/serve.py --ray: join (or start) Ray, deploy, wait for SIGTERM / SIGINT, then delete the app
     (requests in flight finish) and shut Serve down when this process started it; -> 0."""
     stop = threading.Event()
+    check_model(PredictorFactory(model, config, tuple(overrides)))  # before Ray starts: a bad file fails at once
     with ray_session(address):
         from ray import serve
 
@@ -114,7 +122,7 @@ def serve_on_ray(model: str, settings: ServeSettings, *, address: str, host: str
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             url = deploy(model, settings, host=host, port=port, replicas=replicas, max_replicas=max_replicas,
-                         cpus=cpus, gpus=gpus, config=config, overrides=overrides)
+                         cpus=cpus, gpus=gpus, config=config, overrides=overrides, check=False)
             on_ready(url)
             while not stop.wait(0.5):
                 pass
