@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 from typing import Optional
 
-__all__ = ["TrainingError", "Interrupted"]
+__all__ = ["TrainingError", "Interrupted", "first_line"]
 
 
 class TrainingError(RuntimeError):
@@ -21,3 +21,10 @@ class Interrupted(Exception):
     def __init__(self, signum: int, path: Optional[str]):
         super().__init__(f"stopped by {signal.Signals(signum).name}: saved {path}; continue with --resume auto")
         self.exit_code = 128 + signum
+
+
+def first_line(e: BaseException, empty: Optional[str] = None) -> str:
+    """The first line of an exception's message, for one-line errors; `empty` (default: the exception's type
+    name) when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else (type(e).__name__ if empty is None else empty)

@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Callable, Optional
 
-from vggdet.errors import Interrupted
+from vggdet.errors import Interrupted, first_line
 
 __all__ = ["command", "prog", "split_set_items", "add_set_argument", "add_runtime_arguments", "runtime_overrides",
            "add_ray_arguments", "check_ray_arguments", "ray_workers", "add_results_arguments", "voc_classes_argument",
@@ -52,10 +52,10 @@ def _run(main: Callable[[Optional[list]], int], argv: Optional[list]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"error: {_first_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except (RuntimeError, OSError) as e:  # TrainingError, CUDA failures, a full disk
-        print(f"error: {_first_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1
 
 
@@ -64,11 +64,6 @@ def prog(script: str) -> str:
     when called from Python)."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return name if name.startswith("vggdet-") else script
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def split_set_items(argv: Optional[list]) -> list:

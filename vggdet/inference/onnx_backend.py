@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from vggdet.config import Config, ConfigError, apply_overrides
+from vggdet.errors import first_line
 from vggdet.inference.base import Predictor, is_onnx_file
 
 __all__ = ["OnnxPredictor", "OnnxModelError", "is_onnx_file", "OnnxDetector"]
@@ -49,8 +50,7 @@ def _session(path: str, device: Optional[str], threads: Optional[int] = None):
             options.intra_op_num_threads = threads
         return ort.InferenceSession(path, options, providers=providers), device
     except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxModelError(f"{path}: not a readable ONNX model ({first})") from None
+        raise OnnxModelError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
 
 
 def _check_int8_device(path: str, device: str) -> None:

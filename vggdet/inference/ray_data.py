@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from vggdet.data.errors import DataError
 from vggdet.data.image_io import decode_image, read_image
+from vggdet.errors import first_line
 from vggdet.inference.base import empty_detections, is_onnx_file, load_predictor
 from vggdet.inference.images import is_uri, output_names
 from vggdet.inference.outputs import (
@@ -99,8 +100,7 @@ def _init(ray, address: str) -> None:
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RayClusterError(f"--ray {address}: cannot join the Ray cluster ({first})") from None
+        raise RayClusterError(f"--ray {address}: cannot join the Ray cluster ({first_line(e)})") from None
 
 
 def _answers(hostport: str, timeout: float = 3.0) -> bool:
@@ -192,8 +192,7 @@ def _load(path: str, source: str):
     except DataError as e:
         return e
     except Exception as e:  # noqa: BLE001 - any filesystem or decoder failure is reported per file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return DataError(f"{path}: cannot read image ({first})")
+        return DataError(f"{path}: cannot read image ({first_line(e)})")
 
 
 class _Predict:

@@ -30,6 +30,7 @@ import numpy as np
 
 from vggdet.data.errors import DataError
 from vggdet.data.image_io import decode_image
+from vggdet.errors import first_line
 from vggdet.inference import load_predictor
 from vggdet.inference.base import filter_detections
 from vggdet.inference.outputs import detection_record, detections_to_json
@@ -175,7 +176,7 @@ class DetectionService:
                 det, timing = await asyncio.wrap_future(future)
             except Exception as e:  # the model failed on this image alone (each is retried alone)
                 raise ServeError(500, f"{u.label}: the model failed on this image ({type(e).__name__}: "
-                                      f"{_first_line(e)})") from None
+                                      f"{first_line(e, empty='')})") from None
             record = detection_record(u.name, img.shape[1], img.shape[0], det)
             record["time_ms"] = {"queue": _ms(timing.queue_s), "model": _ms(timing.model_s)}
             records.append(record)
@@ -274,11 +275,6 @@ def _decode_all(uploads: list) -> list:
         return [decode_image(u.data, u.label) for u in uploads]
     except DataError as e:
         raise ServeError(415, str(e)) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _ms(seconds: float) -> float:

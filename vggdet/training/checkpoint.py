@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from vggdet.config import Config, apply_overrides, load_config, migrate_dict
+from vggdet.errors import first_line
 from vggdet.fileio import atomic_write
 from vggdet.model.backbone import VGG_LAYOUTS
 
@@ -85,8 +86,8 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or corrupt? ({type(e).__name__}: {why})") from e
+        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or corrupt? ({type(e).__name__}: "
+                              f"{first_line(e, empty='')})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a vggdet checkpoint (expected a dict)")
     if "model" not in ckpt:  # a bare state_dict
