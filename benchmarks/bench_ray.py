@@ -106,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(a.config, tmp)
         with load_predictor(ckpt, "cpu", overrides=OVERRIDES) as predictor:  # what arithmetic every variant runs
-            precision = f"{predictor.precision} ({getattr(predictor, 'precision_reason', '')})"
+            precision = predictor.precision_text()
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="warning")
         variants = {"one process": lambda paths, out: one_process(ckpt, paths, out),
                     f"ray 1 x {cores} CPUs": lambda paths, out: on_ray(ckpt, paths, out, Workers(1, cores, 0)),

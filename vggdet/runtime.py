@@ -11,7 +11,7 @@ import torch
 
 from vggdet.config import RuntimeConfig
 
-__all__ = ["resolve_device", "amp_dtype", "inference_dtype", "inference_precision", "native_bf16", "autocast",
+__all__ = ["resolve_device", "amp_dtype", "inference_precision", "native_bf16", "autocast",
            "precision_name", "cpu_flags", "cpu_model"]
 
 
@@ -38,11 +38,6 @@ def amp_dtype(runtime: RuntimeConfig, device: torch.device) -> Optional[torch.dt
     if runtime.amp_dtype is not None:
         return getattr(torch, runtime.amp_dtype)
     return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for testing / inference (see `inference_precision`)."""
-    return inference_precision(cfg, device)[0]
 
 
 def inference_precision(cfg, device: torch.device) -> tuple:

@@ -110,7 +110,7 @@ def main(argv: Optional[list] = None) -> int:
     except ValueError as e:
         raise ValueError(f"--classes: {e}") from None
     if main_rank:  # every check passed: say once what arithmetic runs
-        print(f"precision: {predictor.precision} ({getattr(predictor, 'precision_reason', '')})", file=sys.stderr)
+        print(f"precision: {predictor.precision_text()}", file=sys.stderr)
     try:
         stats = run_inputs(predictor, images, videos, a.out, score_thr=a.score_thr, keep=keep, batch=a.batch,
                            every=a.every, start_frame=a.start_frame, max_frames=a.max_frames, draw=not a.no_draw,

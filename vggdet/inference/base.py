@@ -115,6 +115,7 @@ class Predictor:
     config: object
     device: str
     precision: str
+    precision_reason = ""  # why that precision, e.g. "auto: this CPU (AMD EPYC) has native bf16"
     min_score: Optional[float] = None
 
     @classmethod
@@ -207,6 +208,10 @@ class Predictor:
             warnings.warn(f"{self.source}: scores below {self.min_score:g} are cut inside the model, so a threshold "
                           f"of {asked:g} returns no more than {self.min_score:g} would; "
                           + self.cutoff_hint.format(asked=asked), UserWarning, stacklevel=3)
+
+    def precision_text(self) -> str:
+        """The precision and why, as the tools print it: "bf16 (auto: this CPU (AMD EPYC) has native bf16)"."""
+        return f"{self.precision} ({self.precision_reason})"
 
     def describe(self) -> dict:
         """What runs: backend, precision, device, classes and the input rule (for logs and GET /v1/model)."""

@@ -74,7 +74,7 @@ def evaluate_predictor(predictor: Predictor, loader=None, results_dir: Optional[
     if dets is None:
         return None
     return score_detections(cfg, loader.dataset, dets, results_dir, analysis_dir, progress,
-                            precision=f"{predictor.precision} ({getattr(predictor, 'precision_reason', '')})")
+                            precision=predictor.precision_text())
 
 
 def score_detections(cfg, dataset, dets: list, results_dir: Optional[str] = None,

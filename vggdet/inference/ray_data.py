@@ -200,7 +200,7 @@ class _Predict:
 
     def __init__(self, factory: PredictorFactory):
         self.predictor = factory()
-        self.precision = f"{self.predictor.precision} ({getattr(self.predictor, 'precision_reason', '')})"
+        self.precision = self.predictor.precision_text()
         self.pool = ThreadPoolExecutor(max_workers=4)  # reads wait on the disk or the network, not the GIL
 
     def images(self, batch: dict) -> list:
