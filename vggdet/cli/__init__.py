@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from vggdet.errors import Interrupted, first_line
 
 __all__ = ["command", "prog", "split_set_items", "add_set_argument", "add_runtime_arguments", "runtime_overrides",
-           "add_ray_arguments", "check_ray_arguments", "ray_workers", "add_results_arguments", "voc_classes_argument",
+           "add_ray_arguments", "add_ray_address", "check_ray_flags", "check_ray_arguments", "ray_workers", "add_results_arguments", "voc_classes_argument",
            "print_evaluation"]
 
 
@@ -111,9 +111,7 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     """--ray [local|ADDRESS], --workers, --worker-cpus, --worker-gpus: the model on a Ray actor pool
     (vggdet/inference/ray_data.py), the same for infer and test_det."""
     g = p.add_argument_group("Ray (pip install 'vggdet[ray]'; docs/scaling.md)")
-    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|ADDRESS",
-                   help="run the model on Ray Data: 'local' (the default) starts Ray on this machine, ADDRESS joins "
-                        "a cluster (auto, HOST:PORT of `ray start --head`, ray://HOST:10001)")
+    add_ray_address(g, "run the model on Ray Data")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="actors, each with its own predictor (default: as many as the cluster's CPUs / GPUs hold)")
     g.add_argument("--worker-cpus", type=float, default=1.0, metavar="C",
@@ -122,21 +120,35 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per actor (0.5: two share one); > 0 runs the model on CUDA (default 0)")
 
 
-def check_ray_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    given = [f for f, v in (("--workers", a.workers is not None), ("--worker-cpus", a.worker_cpus != 1.0),
-                            ("--worker-gpus", a.worker_gpus != 0.0)) if v]
-    if a.ray is None and given:
-        p.error(f"{given[0]} needs --ray")
+def add_ray_address(g, what: str) -> None:
+    """--ray [local|ADDRESS]: `what` it does (Ray Data for infer / test_det, Ray Serve for serve)."""
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|ADDRESS",
+                   help=f"{what}: 'local' (the default) starts Ray on this machine, ADDRESS joins a cluster (auto, "
+                        "HOST:PORT of `ray start --head`, ray://HOST:10001)")
+
+
+def check_ray_flags(p: argparse.ArgumentParser, a: argparse.Namespace, given: dict, gpus: float,
+                    gpus_flag: str, who: str) -> None:
+    """What every --ray tool checks: the flags that mean something only with --ray (`given`: flag -> whether
+    it was set), the address's form, and --device against the GPUs each of `who` (workers, replicas) gets."""
+    needs = [flag for flag, set_ in given.items() if set_]
+    if a.ray is None and needs:
+        p.error(f"{needs[0]} needs --ray")
     if a.ray is not None and not re.fullmatch(r"local|auto|ray://\S+|[^/\s]+:\d+", a.ray):
         p.error(f"--ray {a.ray}: not local, auto, HOST:PORT or ray://HOST:PORT (write --ray local, or put --ray "
                 "after the inputs)")
+    device = getattr(a, "device", None)
+    if a.ray is not None and device not in (None, "auto") and device.startswith("cuda") != (gpus > 0):
+        p.error(f"--device {device} with --ray: the {who}' device follows {gpus_flag} (> 0: cuda, 0: cpu)")
+
+
+def check_ray_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    check_ray_flags(p, a, {"--workers": a.workers is not None, "--worker-cpus": a.worker_cpus != 1.0,
+                           "--worker-gpus": a.worker_gpus != 0.0}, a.worker_gpus, "--worker-gpus", "workers")
     if a.workers is not None and a.workers < 1:
         p.error("--workers must be >= 1")
     if a.worker_cpus <= 0 or a.worker_gpus < 0:
         p.error("--worker-cpus must be > 0 and --worker-gpus >= 0")
-    device = getattr(a, "device", None)
-    if a.ray is not None and device not in (None, "auto") and device.startswith("cuda") != (a.worker_gpus > 0):
-        p.error(f"--device {device} with --ray: the workers' device follows --worker-gpus (> 0: cuda, 0: cpu)")
 
 
 def ray_workers(a: argparse.Namespace):

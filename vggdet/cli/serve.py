@@ -24,8 +24,10 @@ import sys
 from typing import Optional
 
 from vggdet.cli import (
+    add_ray_address,
     add_runtime_arguments,
     add_set_argument,
+    check_ray_flags,
     command,
     prog,
     runtime_overrides,
@@ -56,8 +58,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                    help="on SIGTERM / SIGINT, seconds the requests in flight may take to finish (default 30)")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     r = p.add_argument_group("Ray Serve replicas (the ray extra)")
-    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|ADDRESS",
-                   help="serve on Ray Serve: 'local' (the default) starts Ray here, ADDRESS joins a cluster")
+    add_ray_address(r, "serve on Ray Serve")
     r.add_argument("--replicas", type=int, default=None, help="replicas, each with its own predictor (default 1)")
     r.add_argument("--max-replicas", type=int, default=None,
                    help="autoscale between --replicas and this many replicas by load (default: fixed)")
@@ -74,10 +75,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     a.model = a.paths[0]
     if not 0 <= a.port <= 65535:
         p.error(f"--port must be in 0..65535, got {a.port}")
-    ray_only = [f for f, v in (("--replicas", a.replicas), ("--max-replicas", a.max_replicas),
-                               ("--replica-cpus", a.replica_cpus), ("--replica-gpus", a.replica_gpus)) if v is not None]
-    if a.ray is None and ray_only:
-        p.error(f"{ray_only[0]} needs --ray")
+    check_ray_flags(p, a, {"--replicas": a.replicas is not None, "--max-replicas": a.max_replicas is not None,
+                           "--replica-cpus": a.replica_cpus is not None, "--replica-gpus": a.replica_gpus is not None},
+                    a.replica_gpus or 0.0, "--replica-gpus", "replicas")
     a.replicas = 1 if a.replicas is None else a.replicas
     if a.replicas < 1 or (a.max_replicas is not None and a.max_replicas < a.replicas):
         p.error(f"--replicas must be >= 1 and --max-replicas >= --replicas (got {a.replicas}, {a.max_replicas})")
