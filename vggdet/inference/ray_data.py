@@ -203,13 +203,21 @@ class _Predict:
         self.precision = self.predictor.precision_text()
         self.pool = ThreadPoolExecutor(max_workers=4)  # reads wait on the disk or the network, not the GIL
 
-    def images(self, batch: dict) -> list:
-        return list(self.pool.map(_load, batch["path"], batch["source"]))
+    def start(self, batch: dict, names: tuple, **more) -> tuple:
+        """Read the batch's images -> (images, indices of those that loaded, the output columns: the rows'
+        indices, the actor's precision, each failed image's error, `names` empty, `more` as given)."""
+        images = list(self.pool.map(_load, batch["path"], batch["source"]))
+        n = len(images)
+        ok = [k for k, im in enumerate(images) if not isinstance(im, Exception)]
+        out = {"index": np.asarray(batch["index"], np.int64), "precision": [self.precision] * n,
+               "error": [str(im) if isinstance(im, Exception) else "" for im in images],
+               **{name: [""] * n for name in names}, **more}
+        return images, ok, out
 
-    def columns(self, batch: dict, n: int, names: tuple) -> dict:
-        """The output columns of a batch of n rows: its indices, the actor's precision, `names` empty."""
-        return {"index": np.asarray(batch["index"], np.int64), "precision": [self.precision] * n, "error": [""] * n,
-                **{name: [""] * n for name in names}}
+    @staticmethod
+    def finish(out: dict) -> dict:
+        """The columns as Ray Data takes them (lists -> object arrays)."""
+        return {k: np.asarray(v, dtype=object) if isinstance(v, list) else v for k, v in out.items()}
 
 
 class DetectImages(_Predict):
@@ -225,12 +233,8 @@ class DetectImages(_Predict):
     def __call__(self, batch: dict) -> dict:
         from vggdet.inference.draw import draw_detections
 
-        images = self.images(batch)
-        n = len(images)
-        out = {**self.columns(batch, n, ("record", "coco", "yolo")), "annotated": [b""] * n, "model_s": np.zeros(n)}
-        ok = [k for k, im in enumerate(images) if not isinstance(im, Exception)]
-        for k in set(range(n)) - set(ok):
-            out["error"][k] = str(images[k])
+        n = len(batch["index"])
+        images, ok, out = self.start(batch, ("record", "coco", "yolo"), annotated=[b""] * n, model_s=np.zeros(n))
         if ok:
             dets, seconds = predict_timed(self.predictor, [images[k] for k in ok], self.score_thr, self.keep)
             for k, det in zip(ok, dets):
@@ -243,7 +247,7 @@ class DetectImages(_Predict):
                     out["yolo"][k] = "".join(yolo_lines(det, w, h))
                 if self.draw:
                     out["annotated"][k] = encode_image(path, draw_detections(images[k], det))
-        return {k: np.asarray(v, dtype=object) if isinstance(v, list) else v for k, v in out.items()}
+        return self.finish(out)
 
 
 class DetectArrays(_Predict):
@@ -251,18 +255,14 @@ class DetectArrays(_Predict):
     a dataset's detections exactly as `predict_dataset` gets them (no rounding), for scoring."""
 
     def __call__(self, batch: dict) -> dict:
-        images = self.images(batch)
-        n = len(images)
-        out = {**self.columns(batch, n, ()), "boxes": [b""] * n, "labels": [b""] * n, "scores": [b""] * n}
-        ok = [k for k, im in enumerate(images) if not isinstance(im, Exception)]
-        for k in set(range(n)) - set(ok):
-            out["error"][k] = str(images[k])
+        n = len(batch["index"])
+        images, ok, out = self.start(batch, (), boxes=[b""] * n, labels=[b""] * n, scores=[b""] * n)
         if ok:
             for k, det in zip(ok, self.predictor.predict_batch([images[k] for k in ok])):
                 out["boxes"][k] = det["boxes"].astype(np.float32).tobytes()
                 out["labels"][k] = det["labels"].astype(np.int64).tobytes()
                 out["scores"][k] = det["scores"].astype(np.float32).tobytes()
-        return {k: np.asarray(v, dtype=object) if isinstance(v, list) else v for k, v in out.items()}
+        return self.finish(out)
 
 
 # ---------------------------------------------------------------------------------------------- driver
