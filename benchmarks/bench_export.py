@@ -24,21 +24,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine  # noqa: E402
+from common import machine, random_checkpoint  # noqa: E402
 
-from vggdet import Detector, build_detector, load_config  # noqa: E402
+from vggdet import Detector  # noqa: E402
 from vggdet.deploy.export import export_onnx  # noqa: E402
 from vggdet.inference.onnx_backend import OnnxPredictor  # noqa: E402
-from vggdet.training.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
 def sizes(out: str) -> None:
-    torch.manual_seed(0)
-    cfg = load_config(os.path.join(ROOT, "configs", "voc_vgg16.py"), ["model.backbone.weights=null"])
-    pth = os.path.join(out, "voc_vgg16.pth")
-    save_checkpoint(pth, make_checkpoint(build_detector(cfg), cfg, [f"c{i}" for i in range(1, 21)]))
+    pth = random_checkpoint(os.path.join(out, "voc_vgg16.pth"), os.path.join(ROOT, "configs", "voc_vgg16.py"))
     rows = [(".pth (weights only)", pth)]
     for name, kw in (("model.onnx", {}), ("svd.onnx", {"svd": (1024, 256)}), ("fp16.onnx", {"fp16": True}),
                      ("svd_fp16.onnx", {"svd": (1024, 256), "fp16": True})):

@@ -28,25 +28,12 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from common import machine  # noqa: E402
+from common import machine, random_checkpoint  # noqa: E402
 
-from vggdet import build_detector, load_config  # noqa: E402
 from vggdet.inference import load_predictor  # noqa: E402
 from vggdet.inference.images import run_images  # noqa: E402
-from vggdet.training.checkpoint import save_checkpoint  # noqa: E402
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "bccd", "VOCdevkit", "VOC2007")
-
-
-def make_checkpoint(config: str, folder: str) -> str:
-    cfg = load_config(config, ["model.backbone.weights=null"])
-    torch.manual_seed(0)
-    path = os.path.join(folder, "model.pth")
-    save_checkpoint(path, {"model": build_detector(cfg).state_dict(), "config": cfg.to_dict(),
-                           "classes": list(cfg.data.classes) if isinstance(cfg.data.classes, list)
-                           else [f"class{k}" for k in range(1, cfg.model.num_classes + 1)]})
-    return path
 
 
 OVERRIDES = ["runtime.winograd_tune=false"]
@@ -104,7 +91,7 @@ def main() -> None:
     cores = os.cpu_count()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_checkpoint(a.config, tmp)
+        ckpt = random_checkpoint(os.path.join(tmp, "model.pth"), a.config)
         with load_predictor(ckpt, "cpu", overrides=OVERRIDES) as predictor:  # what arithmetic every variant runs
             precision = predictor.precision_text()
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="warning")

@@ -39,23 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import aiohttp  # noqa: E402
-from common import machine  # noqa: E402
+from common import machine, random_checkpoint  # noqa: E402
 
 from vggdet.data.image_io import decode_image  # noqa: E402
-
-
-def vgg16_random(folder: str) -> str:
-    """The full VGG16 Faster R-CNN, random weights, 20 + background classes, as a checkpoint file."""
-    import torch
-
-    from vggdet import build_detector, load_config
-    from vggdet.training.checkpoint import make_checkpoint, save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = load_config(None, ["model.num_classes=20"])
-    path = os.path.join(folder, "vgg16_random.pth")
-    save_checkpoint(path, make_checkpoint(build_detector(cfg), cfg, [f"class{k}" for k in range(1, 21)]))
-    return path
 
 
 def photo_jpeg(h: int = 375, w: int = 500, seed: int = 0) -> bytes:
@@ -194,7 +180,9 @@ def main() -> None:
     a = p.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
     tmp = tempfile.mkdtemp(prefix="bench_serve_")
-    model = vgg16_random(tmp) if a.model == "vgg16-random" else a.model
+    # the full VGG16 Faster R-CNN, random weights, 20 + background classes
+    model = random_checkpoint(os.path.join(tmp, "vgg16_random.pth"), None, ("model.num_classes=20",)) \
+        if a.model == "vgg16-random" else a.model
     data = open(a.image, "rb").read() if a.image else photo_jpeg()
     ctype = "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"
     h, w = decode_image(data, "image").shape[:2]

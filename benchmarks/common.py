@@ -147,6 +147,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def random_checkpoint(path: str, config: str | None = None, overrides: tuple = ()) -> str:
+    """A checkpoint of `config` (None: the defaults, VOC's 20 classes) with seeded random weights, written to
+    `path` (no ImageNet weights: nothing is downloaded); its classes from `data.classes`, else class1..N."""
+    from vggdet import build_detector, load_config
+    from vggdet.training.checkpoint import make_checkpoint, save_checkpoint
+
+    cfg = load_config(config, ["model.backbone.weights=null", *overrides])
+    torch.manual_seed(0)
+    classes = cfg.data.classes if isinstance(cfg.data.classes, list) else \
+        [f"class{k}" for k in range(1, cfg.model.num_classes + 1)]
+    save_checkpoint(path, make_checkpoint(build_detector(cfg), cfg, classes))
+    return path
+
+
 def machine(device: str = "cpu") -> str:
     import torchvision
 
