@@ -9,7 +9,7 @@ usable kernel on it (TUNE_WARMUP + TUNE_RUNS calls each, alternating) and keeps 
 *minimum* time (contention only adds time, and it hurts Winograd's many small parallel regions far more
 than one oneDNN call, so the minimum is the least disturbed estimate), in memory and in a JSON file,
 `cache_path()`: $VGGDET_CACHE_DIR/winograd.json, else $XDG_CACHE_HOME/vggdet/ or ~/.cache/vggdet/. A
-decision measured while the machine was busy (load average above its core count) is used by this process
+decision measured while the machine was busy (1-minute load average above its cores + 0.5) is used by this process
 but not written: a busy first run must not fix a bad choice for every later one. The key (`tune_key`) is
 the CPU model, torch version, thread count, in/out channels, batch, memory format, H*W in half-octave
 buckets (VOC's 600x800 .. 600x1000 images share decisions), the mode and the kernels compared. Delete the

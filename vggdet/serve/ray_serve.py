@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from vggdet.inference.ray_data import PredictorFactory, Workers, ray_session
 from vggdet.serve.limits import ServeSettings
+from vggdet.serve.server import url_for
 
 __all__ = ["APP_NAME", "check_model", "deploy", "undeploy", "serve_on_ray", "replica_name"]
 
@@ -98,7 +99,7 @@ def deploy(model: str, settings: ServeSettings, *, host: str, port: int, replica
     serve.start(http_options={"host": host, "port": port})
     serve.run(_application(factory.for_workers(workers), settings, workers, max_replicas), name=APP_NAME,
               route_prefix="/")
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return url_for(host, port)
 
 
 def undeploy() -> None:

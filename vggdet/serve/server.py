@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import uvicorn
 
-__all__ = ["bind", "run", "url_of"]
+__all__ = ["bind", "run", "url_of", "url_for"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -42,7 +42,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
+    return url_for(*sock.getsockname()[:2])
+
+
+def url_for(host: str, port: int) -> str:
+    """http://HOST:PORT (an IPv6 address in brackets)."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
